@@ -1,0 +1,1 @@
+"""The spiking Bayesian predictive-coding network."""
