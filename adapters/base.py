@@ -80,8 +80,9 @@ class EventSource:
 
         At most one of batch_us / batch_events may be set (default: 10 ms windows).
         Time-window batches start at the first event's time (floored to a multiple of
-        batch_us) and tile time without gaps, including empty windows. Count batches hold at most batch_events events, except that
-        events sharing the last timestamp are kept together.
+        batch_us) and tile time without gaps, including empty windows. Count batches hold
+        at most batch_events events, except that events sharing the last timestamp are kept
+        together.
         """
         if batch_us is not None and batch_events is not None:
             raise ValueError("set at most one of batch_us and batch_events")
