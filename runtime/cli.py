@@ -11,12 +11,16 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
 from augury.adapters.base import EventSource, open_source
 from augury.events import EventFormatError
+
+if TYPE_CHECKING:
+    from augury.client import Message
 
 
 @dataclass(frozen=True)
@@ -178,3 +182,177 @@ def convert_cmd(src: str, out: Path, raw_format: str, max_events: int | None) ->
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# -- the daemon -------------------------------------------------------------------------------
+def _overrides(**opts: object) -> dict[str, object]:
+    keys = {"uri": "source.uri", "pace": "source.pace", "speed": "source.speed",
+            "batch_us": "source.batch_us", "publish": "publish.endpoint",
+            "control": "control.endpoint", "state_dir": "checkpoint.dir",
+            "rate_ms": "publish.rate_ms"}
+    return {keys[k]: v for k, v in opts.items() if v is not None}
+
+
+@main.command()
+@click.argument("uri", required=False)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML configuration file (see deploy/augury.toml).")
+@click.option("--publish", help="ZeroMQ PUB endpoint [tcp://127.0.0.1:5556].")
+@click.option("--control", help="ZeroMQ REP control endpoint, or 'none' [tcp://127.0.0.1:5557].")
+@click.option("--pace", type=click.Choice(["asap", "realtime"]), help="Replay pacing.")
+@click.option("--speed", type=float, help="Real-time factor when --pace realtime.")
+@click.option("--batch-us", type=int, help="Batch span in µs.")
+@click.option("--rate-ms", type=float, help="Publish every this many ms of stream time.")
+@click.option("--state-dir", help="Checkpoint directory; resumes from the newest valid one.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Any config key, e.g. --set model.k1=16 --set checkpoint.every_s=60.")
+@click.option("--max-batches", type=click.IntRange(1), default=None,
+              help="Stop after this many batches (tests, demos).")
+@click.option("--print-config", is_flag=True, help="Print the effective config and exit.")
+def run(uri: str | None, config_path: Path | None, publish: str | None, control: str | None,
+        pace: str | None, speed: float | None, batch_us: int | None, rate_ms: float | None,
+        state_dir: str | None, sets: tuple[str, ...], max_batches: int | None,
+        print_config: bool) -> None:
+    """Run the daemon on URI (default: the synthetic scene), publishing over ZeroMQ."""
+    import logging
+
+    from augury.config import ConfigError, config_to_toml, load_config, parse_override
+    from augury.daemon import build_daemon, stop_on_signals
+
+    try:
+        overrides = dict(parse_override(s) for s in sets)
+        overrides.update(_overrides(uri=uri, pace=pace, speed=speed, batch_us=batch_us,
+                                    publish=publish, control=control, state_dir=state_dir,
+                                    rate_ms=rate_ms))
+        cfg = load_config(config_path, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if print_config:
+        click.echo(config_to_toml(cfg))
+        return
+    logging.basicConfig(level=cfg.log.level, format="%(asctime)s %(name)s %(levelname)s "
+                        "%(message)s")
+    try:
+        daemon = build_daemon(cfg)
+    except (FileNotFoundError, EventFormatError, ValueError, ImportError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    log = logging.getLogger("augury")
+    p = daemon.pipeline
+    log.info("source %s (%s, %s); publishing on %s; control on %s%s", daemon.source.uri,
+             daemon.source.format, daemon.source.geometry, daemon.publisher.bound_endpoint,
+             daemon.control.bound_endpoint if daemon.control else "none",
+             f"; resumed from {daemon.resumed_from}" if daemon.resumed_from else "")
+    try:
+        with stop_on_signals(p.stop_event):
+            metrics = p.run(max_batches=max_batches)
+    finally:
+        daemon.close()
+    summary = {k: v for k, v in p.status().items() if k != "geometry"}
+    click.echo(json.dumps({"summary": summary, "events_processed": metrics.events_processed}))
+
+
+@main.command()
+@click.argument("endpoint", default="tcp://127.0.0.1:5556")
+@click.option("--topic", "topics", multiple=True,
+              type=click.Choice(["beliefs", "prediction", "surprise", "stats"]),
+              help="Topics to show (default: all).")
+@click.option("--count", type=click.IntRange(1), default=None, help="Exit after N messages.")
+@click.option("--timeout-s", type=float, default=None,
+              help="Exit when nothing arrives for this long (default: wait forever).")
+def listen(endpoint: str, topics: tuple[str, ...], count: int | None,
+           timeout_s: float | None) -> None:
+    """Print a one-line summary of every message published on ENDPOINT."""
+    from augury.client import Subscriber
+
+    wanted = topics or ("beliefs", "prediction", "surprise", "stats")
+    n = 0
+    timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
+    with Subscriber(endpoint, topics=wanted, timeout_ms=timeout_ms or 1000) as sub:
+        while count is None or n < count:
+            msg = sub.recv(timeout_ms=timeout_ms if timeout_ms is not None else 1000)
+            if msg is None:
+                if timeout_ms is not None:
+                    break
+                continue
+            click.echo(message_line(msg))
+            n += 1
+    if n == 0:
+        raise click.ClickException(f"no message from {endpoint} within {timeout_s} s")
+
+
+def message_line(msg: Message) -> str:
+    """One line per message: topic, seq, stream time, and a few numbers that matter."""
+    head = f"{msg.topic:<10} seq={msg.seq:<6} t={msg.stream_time_us / 1e6:9.3f}s"
+    if msg.gap:
+        head += f" gap={msg.gap}"
+    a, m = msg.arrays, msg.meta
+    if msg.topic == "beliefs":
+        parts = [f"mu_l{i}={a[f'mu_l{i}'].mean():.3f}±{a[f'sigma_l{i}'].mean():.3f}"
+                 for i in range(1, m.get("layers", 1) + 1) if f"mu_l{i}" in a]
+        return f"{head} " + " ".join(parts)
+    if msg.topic == "prediction":
+        r = a["rate_hz"]
+        return (f"{head} rate mean={r.mean():.1f} Hz max={r.max():.1f} Hz "
+                f"sd={np.sqrt(a['rate_var']).mean():.1f} Hz shape={r.shape}")
+    if msg.topic == "surprise":
+        return f"{head} total={m['total']:.3g} z={m['zscore']:.2f} F={m['free_energy']:.3g}"
+    ev = m.get("events_per_s_processed") or 0.0
+    p99 = m.get("latency_p99_ms")
+    return (f"{head} {ev / 1e6:.3f} Mev/s events={m.get('events_processed', 0):,} "
+            f"dropped={m.get('queue_dropped_events', 0)} learning={m.get('learning')} "
+            f"p99={'n/a' if p99 is None else f'{p99:.2f} ms'}")
+
+
+@main.command()
+@click.option("--duration-s", type=click.FloatRange(0.5), default=10.0, show_default=True,
+              help="How long to run (wall time).")
+@click.option("--scene", default="synthetic://bars?duration_us=0", show_default=True,
+              help="Source URI (the endless synthetic scene by default).")
+@click.option("--speed", type=float, default=1.0, show_default=True,
+              help="Real-time factor of the scene.")
+def demo(duration_s: float, scene: str, speed: float) -> None:
+    """Run the daemon in-process and print what a subscriber receives (beliefs arriving)."""
+    import threading
+    import time
+
+    from augury.client import Subscriber
+    from augury.config import ConfigError, load_config
+    from augury.daemon import build_daemon, stop_on_signals
+
+    try:
+        cfg = load_config(None, {"source.uri": scene, "source.pace": "realtime",
+                                 "source.speed": speed,
+                                 "publish.endpoint": "tcp://127.0.0.1:*",
+                                 "control.endpoint": "none", "publish.rate_ms": 500.0})
+        daemon = build_daemon(cfg)
+    except (ConfigError, FileNotFoundError, EventFormatError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    endpoint = daemon.publisher.bound_endpoint
+    click.echo(f"augury demo: {daemon.source.uri} ({daemon.source.geometry}), publishing on "
+               f"{endpoint}; in another terminal: augury run, then augury listen", err=True)
+    errors: list[BaseException] = []
+
+    def engine() -> None:
+        try:
+            daemon.pipeline.run()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=engine, name="augury-engine")
+    received = 0
+    with stop_on_signals(daemon.pipeline.stop_event), \
+            Subscriber(endpoint, topics=("beliefs", "prediction", "surprise", "stats")) as sub:
+        thread.start()
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline and thread.is_alive():
+            msg = sub.recv(timeout_ms=200)
+            if msg is not None:
+                received += 1
+                click.echo(message_line(msg))
+        daemon.pipeline.stop_event.set()
+        thread.join(timeout=30)
+    daemon.close()
+    if errors:
+        raise click.ClickException(f"engine failed: {errors[0]}")
+    click.echo(json.dumps({"messages": received,
+                           "events_processed": daemon.pipeline.metrics.events_processed}))

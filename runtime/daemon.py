@@ -1,0 +1,124 @@
+"""Assemble the daemon from a Config: source, network (resumed from a checkpoint), publisher,
+control server, checkpoints, and signal handling. ``augury run`` is a thin shell over this."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from augury.adapters.base import EventSource, open_source, parse_uri
+from augury.checkpoint import CheckpointManager
+from augury.config import Config
+from augury.control import ControlServer, server_curve_keys
+from augury.model.network import Network
+from augury.model.spec import ModelSpec
+from augury.pipeline import Pipeline, PipelineOptions, restore_network
+from augury.publish import Publisher
+
+log = logging.getLogger("augury.daemon")
+
+LIVE_SCHEMES = ("udp", "faery", "dv", "metavision")
+
+
+def overflow_policy(cfg: Config) -> str:
+    """``auto`` means ``drop_oldest`` for live sources and ``block`` for recordings."""
+    policy = cfg.pipeline.overflow
+    if policy != "auto":
+        return policy
+    scheme = parse_uri(cfg.source.uri)[0]
+    return "drop_oldest" if scheme in LIVE_SCHEMES else "block"
+
+
+def model_spec(cfg: Config, source: EventSource) -> ModelSpec:
+    """The model spec from ``[model]`` with the sensor geometry taken from the source."""
+    table = {k: v for k, v in cfg.model.items() if k not in ("width", "height")}
+    return ModelSpec.from_dict({**table, "width": source.geometry.width,
+                                "height": source.geometry.height})
+
+
+@dataclass
+class Daemon:
+    """Everything ``augury run`` owns; ``close()`` releases sockets and the source."""
+
+    pipeline: Pipeline
+    source: EventSource
+    publisher: Publisher
+    control: ControlServer | None
+    resumed_from: Path | None
+
+    def close(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        self.publisher.close(linger=0)
+        self.source.close()
+
+
+def build_daemon(cfg: Config) -> Daemon:
+    """Open the source, build or resume the network, bind sockets. Raises on any error
+    (ValueError / OSError / EventFormatError), leaving nothing open."""
+    source = open_source(cfg.source.uri)
+    publisher: Publisher | None = None
+    control: ControlServer | None = None
+    try:
+        spec = model_spec(cfg, source)
+        network = Network(spec)
+        checkpoints = None
+        resumed = None
+        if cfg.checkpoint.dir is not None:
+            checkpoints = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.every_s,
+                                            cfg.checkpoint.keep, background=True)
+            resumed = restore_network(network, checkpoints)
+        publisher = Publisher(cfg.publish.endpoint, hwm=cfg.publish.hwm,
+                              isolate_slow_subscribers=cfg.publish.isolate_slow_subscribers)
+        if cfg.control.endpoint.lower() != "none":
+            curve = (server_curve_keys(cfg.control.curve_keys_dir)
+                     if cfg.control.curve_keys_dir else None)
+            clients = (Path(cfg.control.curve_keys_dir) / "clients"
+                       if cfg.control.curve_keys_dir else None)
+            control = ControlServer(cfg.control.endpoint, curve=curve,
+                                    curve_clients_dir=clients if clients and clients.is_dir()
+                                    else None)
+        options = PipelineOptions(
+            batch_us=cfg.source.batch_us,
+            publish_every_us=int(cfg.publish.rate_ms * 1000),
+            queue_size=cfg.pipeline.queue_size,
+            overflow=overflow_policy(cfg),
+            pace=cfg.source.pace,
+            speed=cfg.source.speed,
+        )
+        pipeline = Pipeline(source, network, publisher, options, control=control,
+                            checkpoints=checkpoints,
+                            state_meta={"source": cfg.source.uri})
+    except BaseException:
+        if control is not None:
+            control.close()
+        if publisher is not None:
+            publisher.close(linger=0)
+        source.close()
+        raise
+    return Daemon(pipeline, source, publisher, control, resumed)
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM/SIGINT while inside the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping (a final checkpoint follows)", signum)
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

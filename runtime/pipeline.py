@@ -1,0 +1,366 @@
+"""Source → engine → publisher: the daemon's threads, backpressure, metrics and recovery.
+
+Threads (DESIGN §1):
+
+* a **reader** thread iterates the source's batches (paced for recordings), stamps each with
+  its arrival time and puts it in a bounded ``EventRing`` (policy ``block`` for recordings,
+  ``drop_oldest`` for live sources; every drop counted and published in ``stats``);
+* the **engine** (the thread that calls ``Pipeline.run``) drains the ring, steps the network,
+  serves control requests between steps, publishes read-outs with non-blocking sends (a slow
+  subscriber loses messages, never stalls the engine) and hands state copies to the
+  checkpoint manager's background writer, so that a slow disk never stalls it either.
+
+A step whose state turns non-finite is rolled back to the last good copy (kept every
+``good_every_s`` seconds) and counted; the daemon keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from augury.adapters.base import EventSource
+from augury.adapters.replay import paced
+from augury.adapters.ring import EventRing
+from augury.checkpoint import CheckpointManager
+from augury.control import ControlServer
+from augury.events import EventBatch
+from augury.model.network import Network, Readout
+from augury.publish import Publisher
+
+log = logging.getLogger("augury.pipeline")
+
+STATE_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A batch as queued by the reader, with its arrival time (perf_counter ns)."""
+
+    batch: EventBatch
+    arrival_ns: int
+
+    @property
+    def events(self) -> np.ndarray:
+        return self.batch.events
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Run-time settings of the pipeline (see augury.config for the TOML keys).
+
+    batch_us: source batch span (µs); publish_every_us: stream time between read-outs (µs);
+    queue_size: batches held between reader and engine; overflow: "block" | "drop_oldest";
+    pace: "asap" | "realtime"; speed: replay speed factor; good_every_s: how often a copy of a
+    good state is kept for roll-back (s).
+    """
+
+    batch_us: int = 10_000
+    publish_every_us: int = 50_000
+    queue_size: int = 64
+    overflow: str = "block"
+    pace: str = "asap"
+    speed: float = 1.0
+    good_every_s: float = 1.0
+
+
+@dataclass
+class Metrics:
+    """Cumulative counters and recent latencies of one run (published on ``stats``)."""
+
+    batches: int = 0
+    events_in: int = 0
+    events_processed: int = 0
+    source_dropped: int = 0
+    source_malformed: int = 0
+    bad_batches: int = 0
+    rollbacks: int = 0
+    spikes: int = 0
+    synops: int = 0
+    published: int = 0
+    latencies_ns: deque[int] = field(default_factory=lambda: deque(maxlen=20_000))
+    started_s: float = field(default_factory=time.monotonic)
+
+    def latency_ms(self, q: float) -> float | None:
+        if not self.latencies_ns:
+            return None
+        return float(np.percentile(np.fromiter(self.latencies_ns, np.int64), q)) / 1e6
+
+
+def readout_messages(
+    r: Readout, prediction_meta: Mapping[str, Any] | None = None
+) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
+    """The schema-v1 messages (topic, arrays, meta) for one read-out; see docs/protocol.md.
+
+    prediction_meta: e.g. horizon_ms, pool and tau_us of the model, sent with "prediction".
+    """
+    prediction_meta = dict(prediction_meta or {})
+    beliefs: dict[str, np.ndarray] = {}
+    for i, (mu, sigma) in enumerate(zip(r.mu, r.sigma, strict=True), start=1):
+        beliefs[f"mu_l{i}"] = mu
+        beliefs[f"sigma_l{i}"] = sigma
+    return [
+        ("beliefs", beliefs, {"layers": len(r.mu)}),
+        ("prediction", {"rate_hz": r.rate_hz, "rate_var": r.rate_var}, prediction_meta),
+        ("surprise", {"map": r.surprise_map, "total": np.array(r.surprise_total, np.float64),
+                      "zscore": np.array(r.surprise_z, np.float64)},
+         {"total": r.surprise_total, "zscore": r.surprise_z, "free_energy": r.free_energy}),
+    ]
+
+
+def readout_is_finite(r: Readout) -> bool:
+    """True if every published number of the read-out is finite."""
+    arrays = [*r.mu, *r.sigma, r.rate_hz, r.rate_var, r.surprise_map]
+    scalars = (r.surprise_total, r.free_energy)
+    return all(np.isfinite(a).all() for a in arrays) and all(np.isfinite(s) for s in scalars)
+
+
+class Pipeline:
+    """One source, one network, one publisher; optional control server and checkpoints."""
+
+    def __init__(
+        self,
+        source: EventSource,
+        network: Network,
+        publisher: Publisher,
+        options: PipelineOptions,
+        *,
+        control: ControlServer | None = None,
+        checkpoints: CheckpointManager | None = None,
+        state_meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.source = source
+        self.network = network
+        self.publisher = publisher
+        self.options = options
+        self.control = control
+        self.checkpoints = checkpoints
+        self.state_meta = dict(state_meta or {})
+        self.metrics = Metrics()
+        self.ring = EventRing(1 << 62, options.overflow, max_items=options.queue_size)
+        self.stop_event = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._reader_error: BaseException | None = None
+        self._reader_done = threading.Event()
+        self._good: dict[str, np.ndarray] | None = None
+        self._good_s = 0.0
+        self._next_publish_us: int | None = None
+        self._pending_arrivals: list[int] = []
+        self.publish_every_us = options.publish_every_us
+        if control is not None:
+            control.handlers.update(self.control_handlers())
+
+    # -- reader thread ----------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            batches: Iterator[EventBatch] = self.source.batches(batch_us=self.options.batch_us)
+            for batch in paced(batches, pace=self.options.pace, speed=self.options.speed):
+                if self.stop_event.is_set():
+                    break
+                item = Arrival(batch, time.perf_counter_ns())
+                while not self.ring.put(item, timeout=0.1):
+                    if self.stop_event.is_set() or self.ring.closed:
+                        return
+                    if self.options.overflow != "block":
+                        break
+        except BaseException as exc:  # noqa: BLE001 - handed to the engine, which logs it
+            self._reader_error = exc
+        finally:
+            self._reader_done.set()
+
+    def state_snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Copies of the network state plus metadata, for a checkpoint."""
+        meta = {**self.state_meta, "schema": STATE_SCHEMA, "spec": self.network.spec_json(),
+                "t_us": self.network.t_us, "events_processed": self.metrics.events_processed}
+        return self.network.state_dict(), meta
+
+    # -- control ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        m = self.metrics
+        return {
+            "source": self.source.uri, "format": self.source.format,
+            "geometry": [self.source.geometry.width, self.source.geometry.height],
+            "t_us": self.network.t_us, "learning": self.network.learning,
+            "batches": m.batches, "events_in": m.events_in,
+            "events_processed": m.events_processed, "source_dropped": m.source_dropped,
+            "queue_dropped_events": self.ring.dropped_events, "queue_depth": len(self.ring),
+            "bad_batches": m.bad_batches, "rollbacks": m.rollbacks,
+            "published": m.published, "publish_dropped": self.publisher.dropped,
+            "latency_p50_ms": m.latency_ms(50), "latency_p99_ms": m.latency_ms(99),
+            "checkpoints_saved": self.checkpoints.saved if self.checkpoints else 0,
+            "publish_every_us": self.publish_every_us,
+            "uptime_s": time.monotonic() - m.started_s,
+        }
+
+    def control_handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        def pause(_: dict[str, Any]) -> dict[str, Any]:
+            self.network.freeze_learning()
+            return {"learning": False}
+
+        def resume(_: dict[str, Any]) -> dict[str, Any]:
+            self.network.resume_learning()
+            return {"learning": True}
+
+        def snapshot(_: dict[str, Any]) -> dict[str, Any]:
+            if self.checkpoints is None:
+                raise ValueError("no state directory configured (--state-dir)")
+            path = self.checkpoints.save_now(self.state_snapshot)
+            return {"path": str(path)}
+
+        def reset(_: dict[str, Any]) -> dict[str, Any]:
+            self.network.reset()
+            self._good = None
+            return {"reset": True}
+
+        def set_(req: dict[str, Any]) -> dict[str, Any]:
+            changed: dict[str, Any] = {}
+            for key, value in req.items():
+                if key == "cmd":
+                    continue
+                if key == "publish_every_us":
+                    v = int(value)
+                    if not 100 <= v <= 3_600_000_000:
+                        raise ValueError("publish_every_us must be in 100..3600000000 µs")
+                    self.publish_every_us = v
+                elif key == "learning":
+                    (self.network.resume_learning if bool(value)
+                     else self.network.freeze_learning)()
+                else:
+                    raise ValueError(f"cannot set {key!r} at run time; settable: "
+                                     "publish_every_us, learning")
+                changed[key] = value
+            return {"set": changed}
+
+        return {"status": lambda _: self.status(), "pause_learning": pause,
+                "resume_learning": resume, "snapshot": snapshot, "reset": reset, "set": set_}
+
+    # -- engine -----------------------------------------------------------------------------
+    def _step(self, item: Arrival) -> Readout | None:
+        batch = item.batch
+        m = self.metrics
+        m.batches += 1
+        m.events_in += len(batch)
+        m.source_dropped += batch.counters.dropped
+        m.source_malformed += batch.counters.malformed
+        if (self._good is None
+                or time.monotonic() - self._good_s >= self.options.good_every_s):
+            self._good = self.network.state_dict()
+            self._good_s = time.monotonic()
+        if batch.t_start_us < self.network.t_us:
+            # after a queue drop or a source restart time may not tile; skip what is stale
+            if batch.t_end_us <= self.network.t_us:
+                m.bad_batches += 1
+                return None
+            ev = batch.events[batch.events["t"] >= self.network.t_us]
+            batch = EventBatch(ev, self.network.t_us, batch.t_end_us, batch.seq, batch.counters)
+        try:
+            r = self.network.step(batch)
+        except ValueError as exc:  # a batch that breaks the stream contract: count, go on
+            m.bad_batches += 1
+            log.warning("skipped a bad batch: %s", exc)
+            return None
+        if not readout_is_finite(r):
+            m.rollbacks += 1
+            log.error("non-finite state after batch %d; rolled back", batch.seq)
+            if self._good is not None:
+                self.network.load_state_dict(self._good)
+            return None
+        m.events_processed += r.events
+        m.spikes += r.spikes_up + r.spikes_down
+        m.synops += r.synops
+        self._pending_arrivals.append(item.arrival_ns)
+        return r
+
+    def _publish(self, r: Readout, sensor_time_us: int) -> None:
+        spec = self.network.spec
+        pmeta = {"horizon_ms": spec.horizon_us / 1e3, "pool": spec.pool, "tau_us": spec.tau_us}
+        for topic, arrays, meta in readout_messages(r, pmeta):
+            self.publisher.publish(topic, arrays, meta, stream_time_us=r.t_us,
+                                   sensor_time_us=sensor_time_us)
+        now = time.perf_counter_ns()
+        self.metrics.latencies_ns.extend(now - a for a in self._pending_arrivals)
+        self._pending_arrivals.clear()
+        m = self.metrics
+        elapsed = max(time.monotonic() - m.started_s, 1e-9)
+        stats = {
+            **{k: v for k, v in self.status().items() if k not in ("geometry",)},
+            "events_per_s_in": m.events_in / elapsed,
+            "events_per_s_processed": m.events_processed / elapsed,
+            "spikes_per_s": m.spikes / elapsed, "synops_per_s": m.synops / elapsed,
+            "free_energy": r.free_energy,
+        }
+        self.publisher.publish("stats", {}, stats, stream_time_us=r.t_us,
+                               sensor_time_us=sensor_time_us)
+        m.published += 1
+
+    def run(self, *, max_batches: int | None = None) -> Metrics:
+        """Run until the source ends, ``stop_event`` is set or ``max_batches`` are stepped."""
+        self._reader = threading.Thread(target=self._read, name="augury-reader", daemon=True)
+        self._reader.start()
+        last: Readout | None = None
+        try:
+            while not self.stop_event.is_set():
+                if self.control is not None:
+                    self.control.poll(0)
+                item = self.ring.get(timeout=0.02)
+                if item is None:
+                    if self._reader_done.is_set() and len(self.ring) == 0:
+                        break
+                    continue
+                r = self._step(item)
+                if r is not None:
+                    last = r
+                    if self._next_publish_us is None:
+                        self._next_publish_us = r.t_us
+                    if r.t_us >= self._next_publish_us:
+                        self._publish(r, item.batch.t_end_us)
+                        self._next_publish_us = r.t_us + self.publish_every_us
+                if self.checkpoints is not None:
+                    self.checkpoints.maybe_save(self.state_snapshot)
+                if max_batches is not None and self.metrics.batches >= max_batches:
+                    break
+            if last is not None and self._pending_arrivals:
+                self._publish(last, last.t_us)
+        finally:
+            self.stop_event.set()
+            self.ring.close()
+            self._reader.join(timeout=5.0)
+            self._finish_checkpoints()
+        if self._reader_error is not None:
+            raise self._reader_error
+        return self.metrics
+
+    def _finish_checkpoints(self) -> None:
+        """Write a final checkpoint synchronously (after any background write)."""
+        if self.checkpoints is None:
+            return
+        try:
+            path = self.checkpoints.save_now(self.state_snapshot)
+            log.info("final checkpoint %s", path)
+        except OSError as exc:
+            log.error("final checkpoint failed: %s", exc)
+
+
+def restore_network(network: Network, checkpoints: CheckpointManager) -> Path | None:
+    """Load the newest valid checkpoint into ``network``; None if there is none.
+
+    Raises ValueError if the checkpoint was made with another model spec (never silently
+    discards learned state: the user must move the state directory or match the config).
+    """
+    found = checkpoints.load_latest()
+    if found is None:
+        return None
+    spec = found.meta.get("spec")
+    if spec != network.spec_json():
+        raise ValueError(f"checkpoint {found.path} was written with another model spec; "
+                         "use the same [model] settings and sensor, or another --state-dir")
+    network.load_state_dict(found.arrays)
+    return Path(found.path)

@@ -1,0 +1,391 @@
+"""ZeroMQ publishing of network read-outs, wire schema v1 (see docs/protocol.md).
+
+A message is a ZeroMQ multipart message::
+
+    frame 0   topic, UTF-8 (e.g. b"beliefs"); SUB sockets filter on it
+    frame 1   header, UTF-8 JSON object (strict RFC 8259: no NaN/Infinity)
+    frame 2+  one raw frame per array, C order, little-endian, in header["arrays"] order
+
+Header (schema 1)::
+
+    {"schema": 1, "topic": str, "seq": int (per topic, from 0),
+     "stream_time_us": int, "sensor_time_us": int | null, "wall_time_ns": int,
+     "arrays": [{"name": str, "dtype": str, "shape": [int, ...]}, ...],
+     "meta": {...}}
+
+``encode_message`` / ``decode_message`` are pure functions shared by the publisher and
+``augury.client`` so the round trip can be tested without sockets.
+
+Slow subscribers: the socket is an XPUB with ``XPUB_NODROP`` so a full send queue (``hwm``
+messages for some subscriber of that topic) makes the non-blocking send fail; the message is
+then dropped for every subscriber of the topic and counted in ``Publisher.dropped[topic]``.
+Its sequence number is still consumed, so subscribers see the loss as a gap. Known drawback:
+one stalled subscriber holds every subscriber of the same topic to its pace once its queue is
+full. ``isolate_slow_subscribers=True`` selects plain PUB behaviour instead (libzmq drops per
+subscriber, fast ones get everything) at the price that the publisher cannot count the drops:
+only the subscribers' sequence gaps show them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+SCHEMA_VERSION = 1
+"""Wire schema version written in every header; bumped only on incompatible changes."""
+
+TOPIC_BELIEFS = "beliefs"
+TOPIC_PREDICTION = "prediction"
+TOPIC_SURPRISE = "surprise"
+TOPIC_STATS = "stats"
+TOPICS: tuple[str, ...] = (TOPIC_BELIEFS, TOPIC_PREDICTION, TOPIC_SURPRISE, TOPIC_STATS)
+"""The topics the daemon publishes; any other non-empty topic name is allowed too."""
+
+DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5556"
+
+_ALLOWED_KINDS = frozenset("biufc")  # bool, int, uint, float, complex
+_HEADER_KEYS = ("schema", "topic", "seq", "stream_time_us", "sensor_time_us", "wall_time_ns",
+                "arrays", "meta")
+
+
+class MessageError(ValueError):
+    """A received message does not follow schema v1; the text names the frame or field."""
+
+
+class SchemaVersionError(MessageError):
+    """A message carries a schema version this code does not understand."""
+
+
+@dataclass
+class Message:
+    """One decoded schema-v1 message.
+
+    ``arrays`` maps names to NumPy arrays (read-only views on the received frames when they
+    were aligned, else aligned copies); ``gap`` is the number of messages of this topic missed
+    since the previously received one (0 for the first, and after a publisher restart).
+    """
+
+    topic: str
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+    seq: int
+    stream_time_us: int
+    wall_time_ns: int
+    sensor_time_us: int | None = None
+    gap: int = 0
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The header's free ``meta`` object (scalar statistics, layer names, ...)."""
+        return self.header["meta"]
+
+
+def jsonable(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can encode.
+
+    NumPy scalars become Python scalars, small arrays and tuples become lists, non-finite
+    floats (NaN, ±inf) become ``None`` (JSON has no such numbers) and mapping keys become
+    strings. Raises TypeError naming the offending type for anything else.
+    """
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    raise TypeError(f"cannot encode a {type(obj).__name__} as JSON")
+
+
+def _wire_array(name: str, arr: np.ndarray) -> np.ndarray:
+    """The C-contiguous little-endian array sent for ``arr`` (no copy when it already is)."""
+    if not isinstance(arr, np.ndarray):
+        arr = np.asarray(arr)
+    dt = arr.dtype
+    if dt.names is not None or dt.kind not in _ALLOWED_KINDS:
+        raise ValueError(f"array {name!r}: dtype {dt} is not a plain numeric dtype "
+                         "(bool, int, uint, float, complex)")
+    if dt.byteorder == ">" or (dt.byteorder == "=" and not np.little_endian):
+        arr = arr.astype(dt.newbyteorder("<"))
+    # not np.ascontiguousarray: it turns 0-d arrays into shape (1,)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
+
+
+def encode_message(
+    topic: str,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any] | None,
+    *,
+    seq: int,
+    stream_time_us: int,
+    sensor_time_us: int | None,
+    wall_time_ns: int,
+) -> list[bytes | np.ndarray]:
+    """Frames of one schema-v1 message: [topic, header JSON, array frames...].
+
+    Array frames are the C-contiguous little-endian arrays themselves (zero-copy when the
+    input already is). Raises ValueError for an empty topic, a non-numeric dtype, or meta that
+    JSON cannot carry.
+    """
+    if not topic:
+        raise ValueError("topic must be a non-empty string")
+    wire = [_wire_array(name, a) for name, a in arrays.items()]
+    try:
+        meta_json = jsonable(dict(meta or {}))
+    except TypeError as exc:
+        raise ValueError(f"meta of topic {topic!r}: {exc}") from exc
+    header = {
+        "schema": SCHEMA_VERSION,
+        "topic": topic,
+        "seq": int(seq),
+        "stream_time_us": int(stream_time_us),
+        "sensor_time_us": None if sensor_time_us is None else int(sensor_time_us),
+        "wall_time_ns": int(wall_time_ns),
+        "arrays": [{"name": str(name), "dtype": a.dtype.str, "shape": list(a.shape)}
+                   for name, a in zip(arrays, wire, strict=True)],
+        "meta": meta_json,
+    }
+    head = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+    return [topic.encode(), head, *wire]
+
+
+def _as_bytes_view(frame: Any) -> memoryview:
+    if isinstance(frame, np.ndarray):
+        return memoryview(frame.reshape(-1).view(np.uint8))
+    if isinstance(frame, zmq.Frame):
+        return frame.buffer
+    return memoryview(frame).cast("B")
+
+
+def _check_int(header: Mapping[str, Any], key: str, *, nullable: bool = False) -> None:
+    value = header.get(key)
+    if value is None and nullable:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MessageError(f"header field {key!r} must be an integer, got {value!r}")
+
+
+def _decode_dtype(desc: Any, i: int) -> np.dtype:
+    if not isinstance(desc, str):
+        raise MessageError(f"header arrays[{i}].dtype must be a string, got {desc!r}")
+    try:
+        dt = np.dtype(desc)
+    except TypeError as exc:
+        raise MessageError(f"header arrays[{i}].dtype {desc!r} is not a NumPy dtype") from exc
+    if dt.names is not None or dt.kind not in _ALLOWED_KINDS or dt.byteorder == ">":
+        raise MessageError(f"header arrays[{i}].dtype {desc!r} is not a little-endian "
+                           "numeric dtype")
+    return dt
+
+
+def _decode_array(spec: Any, frame: Any, i: int) -> tuple[str, np.ndarray]:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise MessageError(f"header arrays[{i}] must be an object with a string 'name'")
+    dt = _decode_dtype(spec.get("dtype"), i)
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise MessageError(f"header arrays[{i}].shape must be a list of non-negative "
+                           f"integers, got {shape!r}")
+    buf = _as_bytes_view(frame)
+    count = math.prod(shape)
+    if buf.nbytes != count * dt.itemsize:
+        raise MessageError(f"frame {i + 2} ({spec['name']!r}) has {buf.nbytes} bytes, "
+                           f"expected {count * dt.itemsize} for {dt.str} {tuple(shape)}")
+    if count == 0:
+        return spec["name"], np.empty(tuple(shape), dtype=dt)
+    arr = np.frombuffer(buf, dtype=dt, count=count).reshape(tuple(shape))
+    if not arr.flags.aligned:
+        arr = arr.copy()
+    return spec["name"], arr
+
+
+def decode_message(frames: Sequence[Any]) -> Message:
+    """Decode the frames of one schema-v1 message (bytes, memoryviews, zmq.Frames or arrays).
+
+    Raises SchemaVersionError for another schema version and MessageError, naming the frame
+    or header field, for anything else that does not follow schema v1. ``gap`` is left at 0
+    (it needs the subscriber's history).
+    """
+    if len(frames) < 2:
+        raise MessageError(f"expected at least 2 frames (topic, header), got {len(frames)}")
+    try:
+        topic = bytes(_as_bytes_view(frames[0])).decode()
+        header = json.loads(bytes(_as_bytes_view(frames[1])).decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MessageError(f"frame 0/1 (topic, header) is not UTF-8 text / JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise MessageError(f"header (frame 1) must be a JSON object, got {type(header).__name__}")
+    schema = header.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise SchemaVersionError(f"message on topic {topic!r} has schema {schema!r}; this "
+                                 f"client understands schema {SCHEMA_VERSION} only")
+    missing = [k for k in _HEADER_KEYS if k not in header]
+    if missing:
+        raise MessageError(f"header lacks field(s) {missing}")
+    if header["topic"] != topic:
+        raise MessageError(f"header topic {header['topic']!r} differs from frame 0 {topic!r}")
+    for key in ("seq", "stream_time_us", "wall_time_ns"):
+        _check_int(header, key)
+    _check_int(header, "sensor_time_us", nullable=True)
+    if not isinstance(header["meta"], dict):
+        raise MessageError("header field 'meta' must be an object")
+    specs = header["arrays"]
+    if not isinstance(specs, list) or len(specs) != len(frames) - 2:
+        n = len(specs) if isinstance(specs, list) else specs
+        raise MessageError(f"header lists {n!r} arrays but the message has "
+                           f"{len(frames) - 2} array frames")
+    arrays = dict(_decode_array(spec, frames[i + 2], i) for i, spec in enumerate(specs))
+    return Message(topic=topic, header=header, arrays=arrays, seq=header["seq"],
+                   stream_time_us=header["stream_time_us"],
+                   wall_time_ns=header["wall_time_ns"],
+                   sensor_time_us=header["sensor_time_us"])
+
+
+@dataclass
+class PublishCounters:
+    """Per-topic counts: ``sent`` messages queued, ``dropped`` refused by a full queue."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+class Publisher:
+    """Non-blocking schema-v1 publisher on a ZeroMQ XPUB socket.
+
+    ``publish`` never blocks: when a subscriber's queue holds ``hwm`` messages the message is
+    dropped and counted in ``dropped[topic]``. Arrays are sent zero-copy: the caller must not
+    modify an array after handing it to ``publish`` (a queued message still references its
+    memory until it is sent, possibly much later); pass copies of live state.
+    Not thread-safe: call it from one thread.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_PUB_ENDPOINT,
+        *,
+        hwm: int = 100,
+        context: zmq.Context | None = None,
+        isolate_slow_subscribers: bool = False,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if hwm < 1:
+            raise ValueError(f"hwm must be >= 1 message, got {hwm}")
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._socket = self._context.socket(zmq.XPUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.XPUB_NODROP, 0 if isolate_slow_subscribers else 1)
+        self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscriber's subscribe
+        self._clock_ns = clock_ns
+        self._seq: dict[str, int] = {}
+        self.counters = PublishCounters()
+        self.subscriptions: set[str] = set()
+        """Topic prefixes some subscriber currently subscribes to (XPUB notifications)."""
+        try:
+            self._socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._close_sockets(0)
+            raise OSError(f"cannot bind publisher to {endpoint}: {exc}") from exc
+        self._closed = False
+
+    @property
+    def bound_endpoint(self) -> str:
+        """The endpoint actually bound (the real port when bound to ``tcp://host:*``)."""
+        return self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Messages dropped per topic because a subscriber queue was full."""
+        return self.counters.dropped
+
+    @property
+    def sent(self) -> dict[str, int]:
+        """Messages handed to ZeroMQ per topic."""
+        return self.counters.sent
+
+    def poll_subscriptions(self, timeout_ms: int = 0) -> list[tuple[bool, str]]:
+        """Read pending (un)subscription notifications: [(subscribed, prefix), ...].
+
+        Waits up to ``timeout_ms`` for the first one. Every subscribe is reported (one per
+        subscriber and prefix); an unsubscribe only when the last subscriber of the prefix
+        leaves. ``publish`` calls it with 0 so the notifications never pile up; tests use it
+        to wait for a subscriber instead of sleeping.
+        """
+        events: list[tuple[bool, str]] = []
+        wait = timeout_ms
+        while self._socket.poll(wait, zmq.POLLIN):
+            wait = 0
+            raw = self._socket.recv(zmq.NOBLOCK)
+            if not raw or raw[0] not in (0, 1):
+                continue
+            prefix = raw[1:].decode(errors="replace")
+            subscribed = raw[0] == 1
+            if subscribed:
+                self.subscriptions.add(prefix)
+            else:  # libzmq reports an unsubscription when the last subscriber leaves
+                self.subscriptions.discard(prefix)
+            events.append((subscribed, prefix))
+        return events
+
+    def publish(
+        self,
+        topic: str,
+        arrays: Mapping[str, np.ndarray],
+        meta: Mapping[str, Any] | None = None,
+        *,
+        stream_time_us: int,
+        sensor_time_us: int | None = None,
+    ) -> bool:
+        """Send one message without blocking; True if queued, False if dropped (queue full).
+
+        ``stream_time_us``: time of the read-out on the stream's clock (µs);
+        ``sensor_time_us``: the sensor's own time stamp if it differs (µs) or None.
+        Raises ValueError for bad input (empty topic, non-numeric dtype, meta not JSON-able)
+        and RuntimeError after ``close``; a full queue never raises.
+        """
+        if self._closed:
+            raise RuntimeError("publish() on a closed Publisher")
+        seq = self._seq.get(topic, 0)
+        frames = encode_message(topic, arrays, meta, seq=seq, stream_time_us=stream_time_us,
+                                sensor_time_us=sensor_time_us, wall_time_ns=self._clock_ns())
+        self._seq[topic] = seq + 1
+        self.poll_subscriptions(0)
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.counters.dropped[topic] = self.counters.dropped.get(topic, 0) + 1
+            return False
+        self.counters.sent[topic] = self.counters.sent.get(topic, 0) + 1
+        return True
+
+    def _close_sockets(self, linger: int) -> None:
+        self._socket.close(linger=linger)
+        if self._own_context:
+            self._context.term()
+
+    def close(self, linger: int = 0) -> None:
+        """Close the socket (dropping unsent messages after ``linger`` ms); idempotent."""
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            self._close_sockets(linger)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

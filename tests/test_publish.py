@@ -1,0 +1,330 @@
+"""Schema v1 encoding/decoding, the non-blocking publisher and the subscriber helper."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from augury.client import Subscriber
+from augury.publish import (
+    SCHEMA_VERSION,
+    TOPICS,
+    MessageError,
+    Publisher,
+    SchemaVersionError,
+    decode_message,
+    encode_message,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _frames(arrays, meta=None, *, topic="beliefs", seq=0):
+    return encode_message(topic, arrays, meta, seq=seq, stream_time_us=10, sensor_time_us=None,
+                          wall_time_ns=123)
+
+
+def _bytes_frames(frames):
+    """What a socket delivers: every frame as bytes."""
+    return [f.tobytes() if isinstance(f, np.ndarray) else bytes(f) for f in frames]
+
+
+def _wait_subscribed(pub: Publisher, n_events: int = 1, timeout_s: float = 5.0) -> None:
+    """Wait for n subscribe notifications on the XPUB socket (no sleeping)."""
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while seen < n_events:
+        if time.monotonic() > deadline:
+            raise TimeoutError("subscriber did not subscribe in time")
+        seen += sum(1 for subscribed, _ in pub.poll_subscriptions(100) if subscribed)
+
+
+# --- pure encode/decode -----------------------------------------------------------------
+
+
+_DTYPES = st.sampled_from(["<f4", "<f8", ">f8", "<i8", ">i4", "<u2", "|u1", "|b1", "<c8"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(dtype=_DTYPES.map(np.dtype),
+                  shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)))
+def test_round_trip_is_bit_exact_for_any_numeric_array(arr: np.ndarray) -> None:
+    msg = decode_message(_bytes_frames(_frames({"a": arr})))
+    out = msg.arrays["a"]
+    assert out.shape == arr.shape
+    assert out.dtype == arr.dtype.newbyteorder("<")
+    assert out.dtype.byteorder in ("<", "|", "=")
+    # compare bytes in one byte order so NaN payloads and -0.0 count
+    assert out.astype(out.dtype).tobytes() == arr.astype(out.dtype).tobytes()
+
+
+def test_header_fields_and_layout() -> None:
+    arrays = {"mu_l1": np.arange(6, dtype=np.float32).reshape(2, 3),
+              "n": np.array(7, dtype=np.int64)}
+    frames = encode_message("beliefs", arrays, {"layers": ["l1"], "k": np.int32(3)}, seq=5,
+                            stream_time_us=1_000, sensor_time_us=999, wall_time_ns=42)
+    assert frames[0] == b"beliefs"
+    header = json.loads(frames[1])
+    assert header == {
+        "schema": SCHEMA_VERSION, "topic": "beliefs", "seq": 5, "stream_time_us": 1_000,
+        "sensor_time_us": 999, "wall_time_ns": 42,
+        "arrays": [{"name": "mu_l1", "dtype": "<f4", "shape": [2, 3]},
+                   {"name": "n", "dtype": "<i8", "shape": []}],
+        "meta": {"layers": ["l1"], "k": 3},
+    }
+    assert len(frames) == 4
+    msg = decode_message(_bytes_frames(frames))
+    assert (msg.topic, msg.seq, msg.stream_time_us, msg.sensor_time_us, msg.wall_time_ns) == (
+        "beliefs", 5, 1_000, 999, 42)
+    np.testing.assert_array_equal(msg.arrays["mu_l1"], arrays["mu_l1"])
+    assert msg.arrays["n"].shape == () and int(msg.arrays["n"]) == 7
+
+
+def test_contiguous_little_endian_arrays_are_sent_without_copy() -> None:
+    a = np.arange(1000, dtype="<f4")
+    frames = _frames({"a": a})
+    assert np.shares_memory(frames[2], a)
+    strided = np.arange(20, dtype="<f8")[::2]
+    frames = _frames({"s": strided})
+    assert frames[2].flags.c_contiguous
+    np.testing.assert_array_equal(decode_message(_bytes_frames(frames)).arrays["s"], strided)
+
+
+def test_nonfinite_meta_becomes_null_and_header_is_strict_json() -> None:
+    frames = _frames({}, {"zscore": float("nan"), "peak": np.float64("inf"), "ok": 1.5})
+    header = json.loads(frames[1], parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
+    assert header["meta"] == {"zscore": None, "peak": None, "ok": 1.5}
+
+
+@pytest.mark.parametrize("arr", [np.array([object()]),
+                                 np.zeros(2, dtype=[("t", "<i8"), ("p", "u1")]),
+                                 np.array(["x"])])
+def test_encode_rejects_non_numeric_dtypes(arr: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="array 'bad'"):
+        _frames({"bad": arr})
+
+
+def test_encode_rejects_meta_json_cannot_carry() -> None:
+    with pytest.raises(ValueError, match="meta of topic 'stats'"):
+        _frames({}, {"when": object()}, topic="stats")
+
+
+def _header(frames):
+    return json.loads(frames[1])
+
+
+def _with_header(frames, **changes):
+    h = _header(frames)
+    h.update(changes)
+    return [frames[0], json.dumps(h).encode(), *frames[2:]]
+
+
+_GOOD = _bytes_frames(_frames({"a": np.arange(4, dtype=np.float32)}))
+
+
+@pytest.mark.parametrize(
+    ("frames", "pattern"),
+    [
+        ([b"beliefs"], "at least 2 frames"),
+        ([b"beliefs", b"{not json"], "not UTF-8 text / JSON"),
+        ([b"\xff\xfe", _GOOD[1], _GOOD[2]], "not UTF-8"),
+        ([b"beliefs", b"[1, 2]", _GOOD[2]], "must be a JSON object"),
+        ([_GOOD[0], _GOOD[1], _GOOD[2][:-1]], r"frame 2 \('a'\) has 15 bytes, expected 16"),
+        ([_GOOD[0], _GOOD[1]], "lists 1 arrays but the message has 0"),
+        ([b"prediction", *_GOOD[1:]], "differs from frame 0"),
+        (_with_header(_GOOD, seq="7"), "'seq' must be an integer"),
+        (_with_header(_GOOD, arrays=[{"name": "a", "dtype": ">f4", "shape": [4]}]),
+         "not a little-endian numeric dtype"),
+        (_with_header(_GOOD, arrays=[{"name": "a", "dtype": "|O", "shape": [4]}]),
+         "not a little-endian numeric dtype"),
+        (_with_header(_GOOD, arrays=[{"name": "a", "dtype": "<f4", "shape": [-4]}]),
+         "non-negative integers"),
+        (_with_header(_GOOD, arrays=[{"name": "a", "dtype": "nonsense", "shape": [4]}]),
+         "not a NumPy dtype"),
+        (_with_header(_GOOD, meta=[]), "'meta' must be an object"),
+    ],
+)
+def test_decode_rejects_malformed_messages_naming_the_problem(frames, pattern) -> None:
+    with pytest.raises(MessageError, match=pattern):
+        decode_message(frames)
+
+
+def test_decode_rejects_other_schema_versions() -> None:
+    h = _header(_GOOD)
+    del h["meta"]  # a future schema may well drop fields: the version is checked first
+    h["schema"] = 2
+    with pytest.raises(SchemaVersionError, match="schema 2; this client understands schema 1"):
+        decode_message([_GOOD[0], json.dumps(h).encode(), _GOOD[2]])
+
+
+# --- sockets ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def test_publish_subscribe_all_topics_in_order(ctx) -> None:
+    with Publisher("tcp://127.0.0.1:*", context=ctx) as pub, \
+            Subscriber(pub.bound_endpoint, context=ctx, timeout_ms=2000) as sub:
+        assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", pub.bound_endpoint)
+        _wait_subscribed(pub, n_events=len(TOPICS))
+        rng = np.random.default_rng(0)
+        sent = {}
+        for i in range(3):
+            for topic in TOPICS:
+                a = rng.standard_normal((4, 5)).astype(np.float32)
+                sent[(topic, i)] = a
+                assert pub.publish(topic, {"x": a}, {"i": i}, stream_time_us=100 * i,
+                                   sensor_time_us=100 * i + 7)
+        got = [sub.recv() for _ in range(3 * len(TOPICS))]
+        assert all(m is not None for m in got)
+        for m in got:
+            i = m.meta["i"]
+            assert m.seq == i and m.gap == 0
+            assert (m.stream_time_us, m.sensor_time_us) == (100 * i, 100 * i + 7)
+            np.testing.assert_array_equal(m.arrays["x"], sent[(m.topic, i)])
+        assert sub.recv(timeout_ms=50) is None
+        assert pub.sent == dict.fromkeys(TOPICS, 3)
+        assert pub.dropped == {}
+
+
+def test_subscriber_matches_topics_exactly(ctx) -> None:
+    with Publisher("tcp://127.0.0.1:*", context=ctx, clock_ns=lambda: 42) as pub, \
+            Subscriber(pub.bound_endpoint, topics=("stats",), context=ctx) as sub:
+        _wait_subscribed(pub)
+        pub.publish("statsx", {}, stream_time_us=0)   # prefix match on the wire, not a topic
+        pub.publish("beliefs", {}, stream_time_us=0)  # not subscribed at all
+        pub.publish("stats", {}, {"events_per_s": 12.5}, stream_time_us=1)
+        msg = sub.recv(timeout_ms=2000)
+        assert msg is not None and msg.topic == "stats" and msg.meta == {"events_per_s": 12.5}
+        assert msg.wall_time_ns == 42 and msg.seq == 0  # the clock is an argument
+        assert sub.recv(timeout_ms=50) is None
+
+
+def test_slow_subscriber_never_blocks_the_publisher_and_drops_are_counted(ctx) -> None:
+    big = np.ones(256 * 1024, dtype=np.float32)  # 1 MiB per message
+    n = 400
+    with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx) as pub, \
+            Subscriber(pub.bound_endpoint, topics=("beliefs",), hwm=4, context=ctx) as sub:
+        _wait_subscribed(pub)
+        t0 = time.perf_counter()
+        results = [pub.publish("beliefs", {"mu_l1": big}, stream_time_us=i) for i in range(n)]
+        elapsed = time.perf_counter() - t0
+        assert elapsed < 5.0, f"publishing {n} messages took {elapsed:.1f} s"
+        dropped = pub.dropped["beliefs"]
+        assert dropped == results.count(False) > 0
+        assert pub.sent["beliefs"] == n - dropped
+        # drain what was queued, then one more message must show the gap
+        drained = list(sub)
+        seqs = [m.seq for m in drained]
+        assert seqs == sorted(seqs) and len(seqs) <= n - dropped
+        deadline = time.monotonic() + 5.0
+        last = None
+        while last is None and time.monotonic() < deadline:
+            pub.publish("beliefs", {"mu_l1": big[:4]}, stream_time_us=n)
+            last = sub.recv(timeout_ms=50)
+        assert last is not None
+        assert last.gap == last.seq - (seqs[-1] if seqs else -1) - 1 > 0
+        assert sub.missed["beliefs"] + sub.received == last.seq + 1
+
+
+def test_a_stalled_subscriber_of_one_topic_does_not_drop_other_topics(ctx) -> None:
+    with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx) as pub, \
+            Subscriber(pub.bound_endpoint, topics=("beliefs",), hwm=4, context=ctx) as slow, \
+            Subscriber(pub.bound_endpoint, topics=("stats",), context=ctx) as monitor:
+        _wait_subscribed(pub, n_events=2)
+        big = np.ones(256 * 1024, dtype=np.float32)
+        for i in range(200):
+            pub.publish("beliefs", {"b": big}, stream_time_us=i)
+        assert pub.dropped["beliefs"] > 0  # the beliefs queue is full now
+        for i in range(50):
+            assert pub.publish("stats", {}, {"i": i}, stream_time_us=i)
+            m = monitor.recv(timeout_ms=2000)
+            assert m is not None and m.seq == i and m.gap == 0
+        assert "stats" not in pub.dropped
+        assert slow.recv(timeout_ms=1000) is not None  # it was never starved, just slow
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_slow_subscriber_effect_on_a_fast_one_depends_on_the_mode(ctx, isolate) -> None:
+    """A fast subscriber that reads every message before the next is published, next to one
+    that never reads: isolated, the fast one gets everything; by default (XPUB_NODROP) the
+    slow one's full queue makes messages drop for both (the documented drawback)."""
+    with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx,
+                   isolate_slow_subscribers=isolate) as pub, \
+            Subscriber(pub.bound_endpoint, topics=("beliefs",), hwm=4, context=ctx) as slow, \
+            Subscriber(pub.bound_endpoint, topics=("beliefs",), context=ctx) as fast:
+        _wait_subscribed(pub, n_events=2)
+        big = np.ones(64 * 1024, dtype=np.float32)  # 256 KiB
+        n = 200
+        got = []
+        for i in range(n):
+            if pub.publish("beliefs", {"b": big}, stream_time_us=i):
+                m = fast.recv(timeout_ms=2000)
+                assert m is not None
+                got.append(m)
+        slow_seqs = [m.seq for m in slow]
+        assert len(slow_seqs) < n
+        if isolate:
+            assert len(got) == n and all(m.gap == 0 for m in got)
+            assert pub.dropped == {}
+        else:
+            assert pub.dropped["beliefs"] > 0
+            # while the slow queue is full nothing reaches the fast subscriber either
+            assert len(got) == n - pub.dropped["beliefs"] < n
+            seqs = [m.seq for m in got]
+            assert seqs == sorted(seqs)
+            assert sum(m.gap for m in got) == seqs[-1] + 1 - len(got)
+
+
+def test_subscriber_counts_malformed_and_refuses_other_schemas(ctx) -> None:
+    raw = ctx.socket(zmq.XPUB)
+    raw.linger = 0
+    raw.bind("tcp://127.0.0.1:*")
+    endpoint = raw.getsockopt_string(zmq.LAST_ENDPOINT)
+    with Subscriber(endpoint, topics=("stats",), context=ctx, timeout_ms=2000) as sub:
+        assert raw.poll(5000) and raw.recv() == b"\x01stats"
+        raw.send_multipart([b"stats", b"\x00garbage"])
+        raw.send_multipart([b"stats"])
+        raw.send_multipart(_bytes_frames(_frames({}, {"v": 1}, topic="stats")))
+        msg = sub.recv()
+        assert msg is not None and msg.meta == {"v": 1}
+        assert sub.malformed == 2 and "at least 2 frames" in (sub.last_error or "")
+        h = json.loads(_frames({}, topic="stats")[1])
+        h["schema"] = 99
+        raw.send_multipart([b"stats", json.dumps(h).encode()])
+        with pytest.raises(SchemaVersionError, match="schema 99"):
+            sub.recv()
+        assert sub.malformed == 3
+    raw.close(linger=0)
+
+
+def test_publish_after_close_and_bad_bind_raise_clearly(ctx) -> None:
+    pub = Publisher("tcp://127.0.0.1:*", context=ctx)
+    pub.close()
+    pub.close()
+    with pytest.raises(RuntimeError, match="closed Publisher"):
+        pub.publish("stats", {}, stream_time_us=0)
+    with pytest.raises(OSError, match="cannot bind publisher to tcp://nonsense"):
+        Publisher("tcp://nonsense", context=ctx)
+
+
+def test_protocol_doc_example_runs() -> None:
+    doc = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert blocks, "docs/protocol.md has no python example"
+    for code in blocks:
+        exec(compile(code, "docs/protocol.md", "exec"), {"__name__": "protocol_example"})
