@@ -22,6 +22,7 @@ from augury.events import (
     Counters,
     EventBatch,
     SensorGeometry,
+    concat_records,
     empty_events,
     validate_events,
 )
@@ -100,8 +101,7 @@ class EventSource:
 
     def read_all(self) -> np.ndarray:
         """Every valid event of the source as one EVENT_DTYPE array (finite sources only)."""
-        parts = [c.events for c in self._validated() if c.events.size]
-        return np.concatenate(parts) if parts else empty_events()
+        return concat_records([c.events for c in self._validated()])
 
     def _validated(self) -> Iterator[Chunk]:
         floor: int | None = None
@@ -143,8 +143,7 @@ def _window_batches(chunks: Iterator[Chunk], batch_us: int) -> Iterator[EventBat
         # emit every window that ends at or before the known time
         while start + batch_us <= known:
             end = start + batch_us
-            buf = np.concatenate(pending) if len(pending) > 1 else (
-                pending[0] if pending else empty_events())
+            buf = concat_records(pending)
             cut = int(np.searchsorted(buf["t"], end, side="left"))
             yield EventBatch(buf[:cut], start, end, seq, pending_counters)
             pending_counters = Counters()
@@ -153,7 +152,7 @@ def _window_batches(chunks: Iterator[Chunk], batch_us: int) -> Iterator[EventBat
             start = end
     if start is None:
         return
-    buf = np.concatenate(pending) if pending else empty_events()
+    buf = concat_records(pending)
     while buf.size:
         end = start + batch_us
         cut = int(np.searchsorted(buf["t"], end, side="left"))
@@ -173,7 +172,7 @@ def _count_batches(chunks: Iterator[Chunk], n: int) -> Iterator[EventBatch]:
     for chunk in chunks:
         counters.add(chunk.counters)
         if chunk.events.size:
-            buf = np.concatenate([buf, chunk.events]) if buf.size else chunk.events
+            buf = concat_records([buf, chunk.events])
             if start is None:
                 start = int(buf["t"][0])
         while buf.size > n:

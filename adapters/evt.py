@@ -44,7 +44,13 @@ from typing import BinaryIO
 import numpy as np
 from numba import njit
 
-from augury.events import EVENT_DTYPE, EventFormatError, SensorGeometry
+from augury.events import (
+    EVENT_DTYPE,
+    EventFormatError,
+    SensorGeometry,
+    concat_records,
+    copy_records,
+)
 
 FORMATS = ("evt2", "evt21", "evt3")
 WORD_BYTES = {"evt2": 4, "evt21": 8, "evt3": 2}
@@ -643,28 +649,6 @@ def _as_bytes(buf: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     if isinstance(buf, np.ndarray):
         return np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
     return np.frombuffer(buf, dtype=np.uint8)
-
-
-def concat_records(parts: list[np.ndarray], dtype: np.dtype = EVENT_DTYPE) -> np.ndarray:
-    """Concatenate contiguous structured arrays of one packed dtype as raw bytes.
-
-    NumPy copies packed structured arrays field by field (~50x slower than memcpy); going
-    through uint8 views keeps concatenation and copies at memory speed.
-    """
-    parts = [p for p in parts if p.size]
-    if not parts:
-        return np.zeros(0, dtype=dtype)
-    if len(parts) == 1:
-        return parts[0]
-    raw = np.concatenate([np.ascontiguousarray(p).view(np.uint8) for p in parts])
-    return raw.view(dtype)
-
-
-def copy_records(a: np.ndarray) -> np.ndarray:
-    """A contiguous copy of a structured array at memcpy speed (see ``concat_records``)."""
-    out = np.empty(a.shape[0], dtype=a.dtype)
-    out.view(np.uint8)[:] = np.ascontiguousarray(a).view(np.uint8)
-    return out
 
 
 class EvtDecoder:
