@@ -1,0 +1,366 @@
+"""File readers on bad input: a clear error naming the file and offset/field, or counted and
+skipped; never a crash, a hang or an invalid event reaching the caller."""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from augury.adapters import aedat as aedat_mod
+from augury.adapters.files import open_file
+from augury.adapters.nmnist import read_nmnist_labels
+from augury.events import EVENT_DTYPE, EventFormatError, SensorGeometry
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# geometry is passed for the formats that carry none, so that content is what gets tested
+_GEOMETRY_OPTS = {".npy": {"geometry": "64x64"}, ".csv": {"geometry": "64x64"},
+                  ".txt": {"geometry": "64x64"}}
+
+
+def _read_or_error(path: Path, **opts: object) -> np.ndarray | None:
+    """Read a file; return its events, or None after a clear EventFormatError."""
+    try:
+        src = open_file(path, **{**_GEOMETRY_OPTS.get(path.suffix.lower(), {}), **opts})
+        ev = src.read_all()
+    except EventFormatError as exc:
+        assert str(path) in str(exc)
+        return None
+    g = src.geometry
+    assert ev.dtype == EVENT_DTYPE
+    assert np.all(ev["x"] < g.width) and np.all(ev["y"] < g.height) and np.all(ev["p"] <= 1)
+    assert np.all(np.diff(ev["t"]) >= 0)
+    assert src.totals.read - src.totals.dropped == ev.size
+    return ev
+
+
+# -- random bytes and truncations (hypothesis) -------------------------------------------------
+
+_SUFFIXES = [".dat", ".aedat", ".bin", ".bs2", ".npy", ".npz", ".csv", ".txt"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(suffix=st.sampled_from(_SUFFIXES), blob=st.binary(max_size=600),
+       prefix=st.sampled_from([b"", b"%", b"% Version 2\n", b"#!AER-DAT2.0\r\n", b"\x93NUMPY",
+                               b"PK\x03\x04", b"1.5 2 3 1\n"]))
+def test_random_bytes_never_crash(suffix: str, blob: bytes, prefix: bytes) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"junk{suffix}"
+        path.write_bytes(prefix + blob)
+        _read_or_error(path)
+
+
+def _real_files() -> list[str]:
+    return ["prophesee/NCARS_obj_004397_td.dat", "inivation/davis240c_rotdisk.aedat",
+            "nmnist/sample_nmnist.bin", "inivation/dvxplorer_sample.aedat4"]
+
+
+@pytest.mark.parametrize("rel", _real_files())
+def test_truncated_real_files(rel: str) -> None:
+    if not DATA.is_dir():
+        pytest.skip(f"real recordings not found at {DATA}")
+    if rel.endswith(".aedat4") and not aedat_mod.available_aedat4_backends():
+        pytest.skip("no AEDAT 4.0 backend installed")
+    blob = (DATA / rel).read_bytes()
+    full = open_file(DATA / rel).read_all()
+    rng = np.random.default_rng(7)
+    cuts = sorted({0, 1, 7, 100, len(blob) - 1, *rng.integers(0, len(blob), 6).tolist()})
+    with tempfile.TemporaryDirectory() as tmp:
+        for cut in cuts:
+            path = Path(tmp) / f"cut{Path(rel).suffix}"
+            path.write_bytes(blob[:cut])
+            ev = _read_or_error(path)
+            if ev is not None and not rel.endswith(".bin"):
+                # what a truncated file yields is a prefix of the whole decode
+                np.testing.assert_array_equal(ev, full[:ev.size])
+
+
+def test_truncated_record_counted_as_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "t.dat"
+    path.write_bytes(_dat([(5, 1, 2, 1), (6, 3, 4, 0)]) + b"\x01\x02\x03")
+    src = open_file(path)
+    assert src.read_all().size == 2
+    assert src.totals.malformed == 1
+
+
+# -- hand-made files ---------------------------------------------------------------------------
+
+
+def _dat(events: list[tuple[int, int, int, int]], header: bytes = b"% Version 2\n") -> bytes:
+    """DAT v2 bytes: header, type 0 / size 8, then (t, x | y << 14 | p << 28) words."""
+    body = b"".join(struct.pack("<II", t, x | (y << 14) | (p << 28)) for t, x, y, p in events)
+    return header + b"\x00\x08" + body
+
+
+def test_dat_out_of_range_and_backwards_time_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "t.dat"
+    path.write_bytes(_dat([(10, 1, 1, 1), (20, 400, 1, 1), (30, 2, 2, 0), (25, 3, 3, 0),
+                           (40, 4, 4, 3), (45, 2, 250, 0), (50, 5, 5, 1)],
+                          header=b"% Version 2\n% Width 320\n% Height 240\n"))
+    src = open_file(path)
+    assert src.geometry == SensorGeometry(320, 240)
+    ev = src.read_all()
+    np.testing.assert_array_equal(ev["t"], [10, 30, 50])  # x=400, t back, p=3, y=250 dropped
+    assert src.totals.read == 7 and src.totals.dropped == 4
+
+
+def test_dat_that_is_really_text(tmp_path: Path) -> None:
+    path = tmp_path / "notes.dat"
+    path.write_text("these are notes, not events\n")
+    with pytest.raises(EventFormatError, match=r"notes\.dat at byte offset 1: event size"):
+        open_file(path)
+
+
+def test_dat_header_only_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "h.dat"
+    path.write_bytes(_dat([]))
+    src = open_file(path)
+    assert src.read_all().size == 0
+
+
+def test_dat_unsupported_event_type(tmp_path: Path) -> None:
+    path = tmp_path / "trig.dat"
+    path.write_bytes(b"% Version 2\n\x0e\x08" + bytes(16))
+    with pytest.raises(EventFormatError, match=r"byte offset 12: unsupported DAT event type 0x0E"):
+        open_file(path)
+
+
+def _aedat2(records: list[tuple[int, int]], chip: str = "eu.seebetter.ini.chips.davis.DAVIS240C"
+            ) -> bytes:
+    head = f"#!AER-DAT2.0\r\n# AEChip: {chip}\r\n# comment\r\n".encode()
+    return head + b"".join(struct.pack(">II", a, t & 0xFFFFFFFF) for a, t in records)
+
+
+def _davis(x: int, y: int, p: int) -> int:
+    return (y << 22) | (x << 12) | (p << 11)
+
+
+def test_aedat2_davis_hand_made(tmp_path: Path) -> None:
+    imu = (1 << 31) | (3 << 10)
+    recs = [(_davis(0, 0, 1), 100), (imu, 105), (_davis(239, 179, 0), 110),
+            (_davis(300, 5, 1), 120),          # x outside 240: mirrored x < 0 → dropped
+            (_davis(5, 5, 1), 105),            # time backwards → dropped
+            (_davis(10, 20, 0) | (1 << 10), 130),  # external input event → others
+            (_davis(10, 20, 1), (1 << 32) - 10), (_davis(11, 21, 0), 5)]  # 32-bit wrap
+    path = tmp_path / "d.aedat"
+    path.write_bytes(_aedat2(recs))
+    src = open_file(path)
+    ev = src.read_all()
+    assert src.camera == "DAVIS240" and src.geometry == SensorGeometry(240, 180)
+    np.testing.assert_array_equal(ev["t"], [100, 110, (1 << 32) - 10, (1 << 32) + 5])
+    np.testing.assert_array_equal(ev["x"], [239, 0, 229, 228])
+    np.testing.assert_array_equal(ev["y"], [179, 0, 159, 158])
+    np.testing.assert_array_equal(ev["p"], [1, 0, 1, 0])
+    assert src.others == 2
+    assert src.totals.read == 6 and src.totals.dropped == 2 and src.totals.malformed == 0
+
+
+def test_aedat2_dvs128_hand_made(tmp_path: Path) -> None:
+    recs = [((3 << 8) | (5 << 1) | 1, 10), ((127 << 8) | (127 << 1), 20), (1 << 15, 30)]
+    path = tmp_path / "d128.AEDAT"
+    path.write_bytes(_aedat2(recs, chip="ch.unizh.ini.jaer.chip.retina.DVS128"))
+    src = open_file(path)
+    assert src.camera == "DVS128" and src.geometry == SensorGeometry(128, 128)
+    ev = src.read_all()
+    np.testing.assert_array_equal(ev["x"], [122, 0])
+    np.testing.assert_array_equal(ev["y"], [124, 0])
+    np.testing.assert_array_equal(ev["p"], [1, 0])
+    assert src.others == 1
+    # the camera option overrides the header
+    assert open_file(path, camera="davis").camera == "DAVIS240"
+
+
+def test_aedat2_bad_headers(tmp_path: Path) -> None:
+    cases = {
+        "v3.aedat": (b"#!AER-DAT3.1\r\n" + bytes(16), r"byte offset 0: AEDAT version '3\.1'"),
+        "nohdr.aedat": (bytes(16), r"byte offset 0: not an AEDAT file"),
+        "cut.aedat": (b"#!AER-DAT2.0\r\n# AEChip: DAV", r"byte offset 14: header line"),
+        "dat.aedat": (_dat([(1, 1, 1, 1)]), r"byte offset 0: not an AEDAT file"),
+        "empty.aedat": (b"", r"byte offset 0: empty file"),
+    }
+    for name, (blob, msg) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(blob)
+        with pytest.raises(EventFormatError, match=msg):
+            open_file(path)
+
+
+def test_aedat4_missing_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aedat_mod, "available_aedat4_backends", lambda: ())
+    path = tmp_path / "x.aedat4"
+    path.write_bytes(aedat_mod.AEDAT4_MAGIC)
+    with pytest.raises(ImportError, match=r"pip install 'augury\[aedat4\]'"):
+        open_file(path)
+
+
+def test_aedat4_not_aedat(tmp_path: Path) -> None:
+    if not aedat_mod.available_aedat4_backends():
+        pytest.skip("no AEDAT 4.0 backend installed")
+    for name, blob in {"e.aedat4": b"", "t.aedat4": b"#!AER-DAT2.0\r\nhello\n"}.items():
+        path = tmp_path / name
+        path.write_bytes(blob)
+        with pytest.raises(EventFormatError, match=rf"{name} at byte offset 0"):
+            open_file(path).read_all()
+
+
+def test_nmnist_overflow_and_out_of_range(tmp_path: Path) -> None:
+    def rec(x: int, y: int, p: int, t: int) -> bytes:
+        return bytes([x, y, (p << 7) | (t >> 16), (t >> 8) & 0xFF, t & 0xFF])
+
+    blob = rec(1, 2, 1, 100) + rec(40, 2, 0, 200) + rec(0, 240, 0, 0) + rec(3, 4, 0, 50)
+    path = tmp_path / "s.bin"
+    path.write_bytes(blob + b"\x00\x01")
+    src = open_file(path)
+    ev = src.read_all()
+    np.testing.assert_array_equal(ev["t"], [100, 50 + 8192])  # marker adds 2**13 µs
+    np.testing.assert_array_equal(ev["x"], [1, 3])
+    assert src.others == 1
+    assert src.totals.read == 3 and src.totals.dropped == 1 and src.totals.malformed == 1
+
+
+def test_text_bad_line_named(tmp_path: Path) -> None:
+    path = tmp_path / "e.txt"
+    path.write_text("# 10 10\n0.1 1 1 1\n0.2 2 2 0\n0.3 x 3 1\n")
+    with pytest.raises(EventFormatError, match=r"e\.txt at byte offset 28: line 4: .*0\.3 x 3 1"):
+        open_file(path, chunk_events=2).read_all()
+    path.write_text("# 10 10\n0.1 1 1\n")
+    with pytest.raises(EventFormatError, match=r"byte offset 8: line 2"):
+        open_file(path).read_all()
+    path.write_text("# 10 10\n-0.1 1 1 1\n")
+    with pytest.raises(EventFormatError, match=r"line 2.*negative time"):
+        open_file(path).read_all()
+
+
+def test_text_bad_values_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "e.csv"
+    path.write_text("# 10x10\n1,1,1,1\n2,-1,1,1\n3,1,1,5\n4,12,1,0\n3,2,2,0\n5,2,2,-1\n")
+    src = open_file(path)
+    ev = src.read_all()
+    # (3, 2, 2, 0) is not behind a kept event: (4, 12, 1, 0) was dropped as out of range
+    np.testing.assert_array_equal(ev["t"], [1, 3, 5])
+    assert src.totals.read == 6 and src.totals.dropped == 3
+
+
+def test_text_without_geometry(tmp_path: Path) -> None:
+    path = tmp_path / "e.txt"
+    path.write_text("0.1 1 1 1\n")
+    with pytest.raises(EventFormatError, match=r"e\.txt: no sensor geometry"):
+        open_file(path)
+
+
+def test_numpy_bad_files(tmp_path: Path) -> None:
+    np.save(tmp_path / "nogeom.npy", np.zeros(3, dtype=EVENT_DTYPE))
+    with pytest.raises(EventFormatError, match=r"nogeom\.npy: .*geometry='WIDTHxHEIGHT'"):
+        open_file(tmp_path / "nogeom.npy")
+    np.save(tmp_path / "plain.npy", np.zeros((3, 4)))
+    with pytest.raises(EventFormatError, match=r"plain\.npy: expected a 1-D structured"):
+        open_file(tmp_path / "plain.npy", geometry="4x4")
+    np.save(tmp_path / "obj.npy", np.array([{"t": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(EventFormatError, match=r"obj\.npy: not a readable NumPy file"):
+        open_file(tmp_path / "obj.npy", geometry="4x4")
+    np.savez(tmp_path / "nokey.npz", ev=np.zeros(3, dtype=EVENT_DTYPE))
+    with pytest.raises(EventFormatError, match=r"no 'events' array .*keys: ev"):
+        open_file(tmp_path / "nokey.npz", geometry="4x4")
+    neg = np.zeros(3, dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("p", "<i1")])
+    neg["x"] = [1, -2, 3]
+    np.save(tmp_path / "neg.npy", neg)
+    with pytest.raises(EventFormatError, match=r"neg\.npy: events 0\.\.2: .*field x"):
+        open_file(tmp_path / "neg.npy", geometry="4x4").read_all()
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(EventFormatError, match=r"text\.npz at byte offset 0: neither a \.npy"):
+        open_file(tmp_path / "text.npz", geometry="4x4")
+
+
+def test_numpy_out_of_range_and_backwards_dropped(tmp_path: Path) -> None:
+    ev = np.zeros(5, dtype=EVENT_DTYPE)
+    ev["t"] = [1, 2, 1, 4, 5]
+    ev["x"] = [0, 1, 2, 9, 3]
+    np.save(tmp_path / "ev.npy", ev)
+    src = open_file(tmp_path / "ev.npy", geometry="8x8", chunk_events=2)
+    got = src.read_all()
+    np.testing.assert_array_equal(got["t"], [1, 2, 5])
+    assert src.totals.dropped == 2
+
+
+def test_labels_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text("#sample #class\n1\t5\n2 x\n")
+    with pytest.raises(EventFormatError, match=r"labels\.txt at byte offset 19: line 3"):
+        read_nmnist_labels(path)
+    path.write_text("#sample #class\n1\t5\n1\t6\n")
+    with pytest.raises(EventFormatError, match=r"line 3: sample 1 listed twice"):
+        read_nmnist_labels(path)
+
+
+def test_dat_header_geometry_variants(tmp_path: Path) -> None:
+    cases = {b"% Width 640\n% Height 480\n": SensorGeometry(640, 480),
+             b"% geometry 1280x720\n": SensorGeometry(1280, 720),
+             b"% format EVT2;height=720;width=1280\n": SensorGeometry(1280, 720),
+             b"% Date 2017-10-31\n": SensorGeometry(304, 240)}
+    for i, (header, geometry) in enumerate(cases.items()):
+        path = tmp_path / f"g{i}.dat"
+        path.write_bytes(_dat([(1, 2, 3, 1)], header=b"% Version 2\n" + header))
+        assert open_file(path).geometry == geometry
+        assert open_file(path, geometry="100x50").geometry == SensorGeometry(100, 50)
+
+
+def test_aedat4_corrupted_bytes_with_aedat() -> None:
+    if "aedat" not in aedat_mod.available_aedat4_backends():
+        pytest.skip("the aedat package is not installed")
+    if not DATA.is_dir():
+        pytest.skip(f"real recordings not found at {DATA}")
+    blob = (DATA / "inivation" / "dvxplorer_sample.aedat4").read_bytes()
+    rng = np.random.default_rng(11)
+    errors = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "flipped.aedat4"
+        for _ in range(12):
+            b = bytearray(blob)
+            for j in rng.integers(0, len(b), 8):
+                b[j] = int(rng.integers(0, 256))
+            path.write_bytes(bytes(b))
+            errors += _read_or_error(path, backend="aedat") is None
+    assert errors > 0  # most flips land in LZ4 payloads and are detected
+
+
+def test_aedat4_auto_prefers_aedat(tmp_path: Path) -> None:
+    have = aedat_mod.available_aedat4_backends()
+    if not have or not DATA.is_dir():
+        pytest.skip("needs an AEDAT 4.0 backend and the real recordings")
+    src = open_file(DATA / "inivation" / "dvxplorer_sample.aedat4")
+    assert src.backend == have[0]
+    assert have[0] == "aedat" or "aedat" not in have
+
+
+def test_numpy_missing_field_at_open(tmp_path: Path) -> None:
+    arr = np.zeros(3, dtype=[("t", "<i8"), ("x", "<u2"), ("row", "<u2"), ("p", "u1")])
+    np.save(tmp_path / "f.npy", arr)
+    with pytest.raises(EventFormatError, match=r"f\.npy: dtype .*cannot find the y field"):
+        open_file(tmp_path / "f.npy", geometry="4x4")
+
+
+def test_text_layout_edge_cases(tmp_path: Path) -> None:
+    path = tmp_path / "e.txt"
+    path.write_bytes(b"# 10 10\r\n\r\n  0.000001, 1 ,2,1  # trailing comment\r\n"
+                     b"+.000002\t3\t4\t-1\r\n3. 5 6 0")
+    ev = open_file(path).read_all()
+    np.testing.assert_array_equal(ev["t"], [1, 2, 3_000_000])
+    np.testing.assert_array_equal(ev["p"], [1, 0, 0])
+    bad = {
+        b"# 10 10\n1 2 3 4 5\n": r"byte offset 8: line 2: more than 4 fields",
+        b"# 10 10\n1 2 3\n": r"line 2: fewer than 4 fields",
+        b"# 10 10\n1 2 3 4\n2.5 2 3 4\n": r"line 3: a '\.' in a time given in integer",
+        b"# 10 10\n1234567890123456789 1 1 1\n": r"line 2: number too long",
+        b"# 10 10\n1.5e3 1 1 1\n": r"line 2: unexpected character",
+        b"# 10 10\n0.5 1.5 1 1\n": r"line 2: unexpected character",
+    }
+    for blob, msg in bad.items():
+        path.write_bytes(blob)
+        with pytest.raises(EventFormatError, match=msg):
+            open_file(path).read_all()
