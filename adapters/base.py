@@ -24,6 +24,7 @@ from augury.events import (
     SensorGeometry,
     concat_records,
     empty_events,
+    take_events,
     validate_events,
 )
 
@@ -104,21 +105,61 @@ class EventSource:
         return concat_records([c.events for c in self._validated()])
 
     def _validated(self) -> Iterator[Chunk]:
+        """Validated chunks, sorted across chunk boundaries.
+
+        With a reorder window W > 0, an event may still be preceded by a later one that is
+        up to W µs older, so events newer than (latest t − W) are held back and merged with
+        the next chunk; ``t_known_us`` is capped accordingly. With W = 0 nothing is held.
+        """
         floor: int | None = None
+        window = self.reorder_window_us
+        held = empty_events()
         for chunk in self.chunks():
             res = validate_events(chunk.events, self.geometry, t_floor_us=floor,
-                                  reorder_window_us=self.reorder_window_us)
+                                  reorder_window_us=window)
             c = Counters(chunk.counters.read, chunk.counters.dropped + res.dropped,
                          chunk.counters.malformed)
             self.totals.add(c)
-            if res.events.size:
-                last = int(res.events["t"][-1])
+            ev = res.events
+            if ev.size:
+                last = int(ev["t"][-1]) if window == 0 else int(ev["t"].max())
                 floor = last if floor is None else max(floor, last)
-            yield Chunk(res.events, c, chunk.t_known_us)
+            known = chunk.t_known_us
+            if window > 0:
+                ev = concat_records([held, ev])
+                if ev.size > 1 and held.size:
+                    ev = take_events(ev, np.argsort(ev["t"], kind="stable"))
+                if floor is not None:
+                    safe = floor - window
+                    cut = int(np.searchsorted(ev["t"], safe, side="right"))
+                    ev, held = ev[:cut], ev[cut:]
+                    if held.size:
+                        known = safe if known is None else min(known, safe)
+            yield Chunk(ev, c, known)
+        if held.size:
+            yield Chunk(held, Counters(), None)
+
+
+MAX_EMPTY_WINDOWS = 1000
+"""A silence longer than this many windows is sent as one empty batch (see below)."""
+
+
+def _skip_empty_gap(buf: np.ndarray, start: int, known: int, batch_us: int) -> int:
+    """Start of the window holding the next event (or the known time) when more than
+    MAX_EMPTY_WINDOWS windows in between are all empty; ``start`` otherwise. One empty batch
+    then covers a long silence (or a corrupt far-future timestamp) instead of millions of
+    empty windows."""
+    nxt = int(buf["t"][0]) if buf.size else known
+    jump = (min(nxt, known) // batch_us) * batch_us
+    return jump if jump > start + MAX_EMPTY_WINDOWS * batch_us else start
 
 
 def _window_batches(chunks: Iterator[Chunk], batch_us: int) -> Iterator[EventBatch]:
-    """Cut validated chunks into consecutive [start, start + batch_us) windows."""
+    """Cut validated chunks into consecutive [start, start + batch_us) windows.
+
+    Windows tile time; a run of more than MAX_EMPTY_WINDOWS empty windows is merged into a
+    single empty batch (its span is then a multiple of batch_us).
+    """
     seq = 0
     start: int | None = None
     pending: list[np.ndarray] = []
@@ -142,8 +183,15 @@ def _window_batches(chunks: Iterator[Chunk], batch_us: int) -> Iterator[EventBat
             continue
         # emit every window that ends at or before the known time
         while start + batch_us <= known:
-            end = start + batch_us
             buf = concat_records(pending)
+            jump = _skip_empty_gap(buf, start, known, batch_us)
+            if jump > start:
+                yield EventBatch(buf[:0], start, jump, seq, pending_counters)
+                pending_counters = Counters()
+                seq += 1
+                start = jump
+                continue
+            end = start + batch_us
             cut = int(np.searchsorted(buf["t"], end, side="left"))
             yield EventBatch(buf[:cut], start, end, seq, pending_counters)
             pending_counters = Counters()
@@ -154,6 +202,13 @@ def _window_batches(chunks: Iterator[Chunk], batch_us: int) -> Iterator[EventBat
         return
     buf = concat_records(pending)
     while buf.size:
+        jump = _skip_empty_gap(buf, start, int(buf["t"][0]), batch_us)
+        if jump > start:
+            yield EventBatch(buf[:0], start, jump, seq, pending_counters)
+            pending_counters = Counters()
+            seq += 1
+            start = jump
+            continue
         end = start + batch_us
         cut = int(np.searchsorted(buf["t"], end, side="left"))
         yield EventBatch(buf[:cut], start, end, seq, pending_counters)
