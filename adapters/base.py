@@ -273,6 +273,7 @@ _SCHEMES: dict[str, str] = {
     "synthetic": "augury.adapters.synthetic:open_synthetic",
     "file": "augury.adapters.files:open_file",
     "udp": "augury.adapters.udp:open_udp",
+    "tail": "augury.adapters.tail:open_tail",
     "faery": "augury.adapters.live:open_faery",
     "dv": "augury.adapters.live:open_dv",
     "metavision": "augury.adapters.live:open_metavision",
@@ -300,7 +301,8 @@ def parse_uri(uri: str) -> tuple[str, str, dict[str, str]]:
 def open_source(uri: str | Path, **options: Any) -> EventSource:
     """Open any event source by URI or path.
 
-    Schemes: ``synthetic://KIND?opts``, ``udp://host:port``, ``faery://``, ``dv://``,
+    Schemes: ``synthetic://KIND?opts``, ``udp://host:port``, ``tail://PATH`` (a .raw file
+    still being written), ``faery://``, ``dv://``,
     ``metavision://``, ``file://PATH`` or a plain path (dispatched by suffix: .raw, .dat,
     .aedat, .aedat4, .bin, .bs2, .npy, .npz, .csv, .txt). Keyword options override URI
     query options. Raises ValueError for an unknown scheme, FileNotFoundError for a missing

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -180,8 +181,86 @@ def convert_cmd(src: str, out: Path, raw_format: str, max_events: int | None) ->
     click.echo(f"wrote {n:,} events to {out}", err=True)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+
+def record(src_uri: str, out: Path, *, raw_format: str = "evt3",
+           duration_us: int | None = None, max_bytes: int | None = None,
+           stop: Callable[[], bool] = lambda: False) -> tuple[int, int]:
+    """Record any source to an EVT 2.0/3.0 .raw file, stopping at the source's end, after
+    ``duration_us`` of sensor time, once the file exceeds ``max_bytes``, or when ``stop()``.
+
+    Returns (events written, bytes written). The file is always closed with a valid header.
+    """
+    from augury.adapters.evt_write import RawWriter
+
+    n = 0
+    with open_source(src_uri) as source, RawWriter(out, source.geometry, fmt=raw_format) as w:
+        t_first: int | None = None
+        for batch in source.batches(batch_us=1000):
+            ev = batch.events
+            if t_first is None and ev.size:
+                t_first = int(ev["t"][0])
+            if duration_us is not None and t_first is not None:
+                ev = ev[ev["t"] < t_first + duration_us]
+            w.write(ev)
+            n += ev.size
+            done = duration_us is not None and t_first is not None and (
+                batch.t_end_us >= t_first + duration_us)
+            if done or stop() or (max_bytes is not None and out.stat().st_size >= max_bytes):
+                break
+    return n, out.stat().st_size
+
+
+@main.command(name="record")
+@click.argument("src")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "raw_format", type=click.Choice(["evt2", "evt3"]), default="evt3",
+              show_default=True)
+@click.option("--duration-s", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop after this much sensor time.")
+@click.option("--max-mb", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop once the file reaches this size (MB).")
+def record_cmd(src: str, out: Path, raw_format: str, duration_s: float | None,
+               max_mb: float | None) -> None:
+    """Record SRC (file, udp://, camera, synthetic://) to OUT as EVT 2.0/3.0 .raw.
+
+    Ctrl-C stops the recording cleanly (the file stays valid)."""
+    if out.suffix.lower() != ".raw":
+        raise click.UsageError(f"record writes .raw files, not {out.suffix!r}")
+    import signal
+    import threading
+
+    stopped = threading.Event()
+    old = signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    try:
+        n, size = record(src, out, raw_format=raw_format,
+                         duration_us=None if duration_s is None else int(duration_s * 1e6),
+                         max_bytes=None if max_mb is None else int(max_mb * 1e6),
+                         stop=stopped.is_set)
+    except (FileNotFoundError, EventFormatError, ValueError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        signal.signal(signal.SIGINT, old)
+    click.echo(f"recorded {n:,} events ({size:,} bytes) to {out}", err=True)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dest")
+@click.option("--pace", type=click.Choice(["asap", "realtime"]), default="realtime",
+              show_default=True)
+@click.option("--speed", type=click.FloatRange(0, min_open=True), default=1.0,
+              show_default=True)
+def send(src: str, dest: str, pace: str, speed: float) -> None:
+    """Replay SRC (any readable file or URI) to DEST (udp://host:port?format=augury|spif|faery)."""
+    from augury.adapters.udp import send_file
+
+    try:
+        with open_source(src) as source:
+            stats = send_file(source, dest, pace=pace, speed=speed)
+    except (FileNotFoundError, EventFormatError, ValueError, ImportError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({"events": stats.events, "packets": stats.packets,
+                           "span_us": stats.span_us, "wall_s": round(stats.wall_s, 3)}))
 
 
 # -- the daemon -------------------------------------------------------------------------------
@@ -208,11 +287,13 @@ def _overrides(**opts: object) -> dict[str, object]:
               help="Any config key, e.g. --set model.k1=16 --set checkpoint.every_s=60.")
 @click.option("--max-batches", type=click.IntRange(1), default=None,
               help="Stop after this many batches (tests, demos).")
+@click.option("--wait-subscriber-s", type=click.FloatRange(0), default=0.0,
+              help="Wait up to this long for a first subscriber before reading the source.")
 @click.option("--print-config", is_flag=True, help="Print the effective config and exit.")
 def run(uri: str | None, config_path: Path | None, publish: str | None, control: str | None,
         pace: str | None, speed: float | None, batch_us: int | None, rate_ms: float | None,
         state_dir: str | None, sets: tuple[str, ...], max_batches: int | None,
-        print_config: bool) -> None:
+        wait_subscriber_s: float, print_config: bool) -> None:
     """Run the daemon on URI (default: the synthetic scene), publishing over ZeroMQ."""
     import logging
 
@@ -233,7 +314,7 @@ def run(uri: str | None, config_path: Path | None, publish: str | None, control:
     logging.basicConfig(level=cfg.log.level, format="%(asctime)s %(name)s %(levelname)s "
                         "%(message)s")
     try:
-        daemon = build_daemon(cfg)
+        daemon = build_daemon(cfg, wait_subscriber_s=wait_subscriber_s)
     except (FileNotFoundError, EventFormatError, ValueError, ImportError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     log = logging.getLogger("augury")
@@ -306,7 +387,7 @@ def message_line(msg: Message) -> str:
 @main.command()
 @click.option("--duration-s", type=click.FloatRange(0.5), default=10.0, show_default=True,
               help="How long to run (wall time).")
-@click.option("--scene", default="synthetic://bars?duration_us=0", show_default=True,
+@click.option("--scene", default="synthetic://bars?duration_us=none", show_default=True,
               help="Source URI (the endless synthetic scene by default).")
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="Real-time factor of the scene.")
@@ -356,3 +437,7 @@ def demo(duration_s: float, scene: str, speed: float) -> None:
         raise click.ClickException(f"engine failed: {errors[0]}")
     click.echo(json.dumps({"messages": received,
                            "events_processed": daemon.pipeline.metrics.events_processed}))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -130,7 +130,8 @@ _PATH = _Rule(str, nullable=True, pattern=r"\S.*", what="a directory path")
 class SourceConfig:
     """Where events come from and how fast they are replayed."""
 
-    uri: str = _f("synthetic://", _Rule(str, pattern=r"\S.*", what="a non-empty source URI"))
+    uri: str = _f("synthetic://bars?duration_us=none",  # endless scene: a daemon runs on
+                  _Rule(str, pattern=r"\S.*", what="a non-empty source URI"))
     pace: str = _f("realtime", _Rule(str, choices=("asap", "realtime")))
     speed: float = _f(1.0, _Rule(float, lo=0.0, lo_open=True, hi=1e6, unit="× real time"))
     batch_us: int = _f(10_000, _Rule(int, lo=1, hi=10_000_000, unit="µs"))

@@ -59,7 +59,7 @@ class Daemon:
         self.source.close()
 
 
-def build_daemon(cfg: Config) -> Daemon:
+def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0) -> Daemon:
     """Open the source, build or resume the network, bind sockets. Raises on any error
     (ValueError / OSError / EventFormatError), leaving nothing open."""
     source = open_source(cfg.source.uri)
@@ -91,6 +91,7 @@ def build_daemon(cfg: Config) -> Daemon:
             overflow=overflow_policy(cfg),
             pace=cfg.source.pace,
             speed=cfg.source.speed,
+            wait_subscriber_s=wait_subscriber_s,
         )
         pipeline = Pipeline(source, network, publisher, options, control=control,
                             checkpoints=checkpoints,

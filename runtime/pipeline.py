@@ -60,7 +60,9 @@ class PipelineOptions:
     batch_us: source batch span (µs); publish_every_us: stream time between read-outs (µs);
     queue_size: batches held between reader and engine; overflow: "block" | "drop_oldest";
     pace: "asap" | "realtime"; speed: replay speed factor; good_every_s: how often a copy of a
-    good state is kept for roll-back (s).
+    good state is kept for roll-back (s); wait_subscriber_s: before reading the source, wait
+    up to this long for a first subscriber (XPUB notification), so that a short recording is
+    not published into the void.
     """
 
     batch_us: int = 10_000
@@ -70,6 +72,7 @@ class PipelineOptions:
     pace: str = "asap"
     speed: float = 1.0
     good_every_s: float = 1.0
+    wait_subscriber_s: float = 0.0
 
 
 @dataclass
@@ -178,9 +181,12 @@ class Pipeline:
 
     def state_snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Copies of the network state plus metadata, for a checkpoint."""
+        arrays = self.network.state_dict()
+        arrays.pop("__learning__", None)  # kept in meta: array names are plain identifiers
         meta = {**self.state_meta, "schema": STATE_SCHEMA, "spec": self.network.spec_json(),
-                "t_us": self.network.t_us, "events_processed": self.metrics.events_processed}
-        return self.network.state_dict(), meta
+                "t_us": self.network.t_us, "events_processed": self.metrics.events_processed,
+                "learning": self.network.learning}
+        return arrays, meta
 
     # -- control ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -303,6 +309,12 @@ class Pipeline:
 
     def run(self, *, max_batches: int | None = None) -> Metrics:
         """Run until the source ends, ``stop_event`` is set or ``max_batches`` are stepped."""
+        deadline = time.monotonic() + self.options.wait_subscriber_s
+        while (not self.publisher.subscriptions and not self.stop_event.is_set()
+               and time.monotonic() < deadline):
+            self.publisher.poll_subscriptions(timeout_ms=50)
+            if self.control is not None:
+                self.control.poll(0)
         self._reader = threading.Thread(target=self._read, name="augury-reader", daemon=True)
         self._reader.start()
         last: Readout | None = None
@@ -363,4 +375,8 @@ def restore_network(network: Network, checkpoints: CheckpointManager) -> Path | 
         raise ValueError(f"checkpoint {found.path} was written with another model spec; "
                          "use the same [model] settings and sensor, or another --state-dir")
     network.load_state_dict(found.arrays)
+    if found.meta.get("learning", True):
+        network.resume_learning()
+    else:
+        network.freeze_learning()
     return Path(found.path)

@@ -1,0 +1,254 @@
+"""The daemon end to end: `augury run` as a subprocess publishing to a Subscriber, control
+commands, SIGTERM checkpoints and resume, slow subscribers, bad config.
+
+Real sockets on random loopback ports; every receive has a timeout; no sleep() to
+synchronise (the daemon waits for its first subscriber through XPUB notifications).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from augury.adapters import open_source
+from augury.checkpoint import load_latest
+from augury.client import Subscriber
+from augury.config import load_config
+from augury.control import ControlClient
+from augury.daemon import build_daemon
+
+ENDPOINT_RE = re.compile(r"publishing on (tcp://127\.0\.0\.1:\d+); control on (\S+?)[;\s]")
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "augury.cli", "run", "--publish", "tcp://127.0.0.1:*", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def _endpoints(proc: subprocess.Popen[str], timeout_s: float = 120.0) -> tuple[str, str]:
+    """Read the daemon's log until it says where it publishes (bounded wait)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        line = proc.stderr.readline()
+        if not line:  # EOF: the daemon exited
+            break
+        seen.append(line)
+        m = ENDPOINT_RE.search(line)
+        if m:
+            return m.group(1), m.group(2)
+    proc.kill()
+    raise AssertionError("daemon never said where it publishes:\n" + "".join(seen))
+
+
+def _finish(proc: subprocess.Popen[str], timeout_s: float = 120.0) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"daemon did not exit:\n{err[-3000:]}") from None
+    return proc.returncode, out, err
+
+
+def test_recording_reaches_subscriber_with_ordered_stream_times(shared_data: Path) -> None:
+    rec = shared_data / "prophesee" / "pedestrians_evt3_small.raw"
+    proc = _spawn(str(rec), "--pace", "asap", "--control", "none", "--rate-ms", "5",
+                  "--wait-subscriber-s", "60")
+    pub, _ = _endpoints(proc)
+    got: dict[str, list] = {"beliefs": [], "prediction": [], "stats": []}
+    with Subscriber(pub, topics=tuple(got), timeout_ms=20_000) as sub:
+        while True:
+            msg = sub.recv(timeout_ms=20_000)
+            if msg is None:
+                break
+            got[msg.topic].append(msg)
+            if msg.topic == "stats" and proc.poll() is not None:
+                break
+    code, out, err = _finish(proc)
+    assert code == 0, err[-3000:]
+    with open_source(rec) as src:
+        events = src.read_all()
+    t0, t1 = int(events["t"][0]), int(events["t"][-1])
+    assert len(got["prediction"]) >= 3
+    for topic, msgs in got.items():
+        seqs = [m.seq for m in msgs]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), topic
+        times = [m.stream_time_us for m in msgs]
+        assert times == sorted(times), topic
+        assert t0 <= times[0] and times[-1] <= t1 + 20_000, (topic, times[0], times[-1])
+    b = got["beliefs"][-1].arrays
+    assert b["mu_l1"].ndim == 3 and b["sigma_l1"].shape == b["mu_l1"].shape
+    assert np.all(b["sigma_l1"] > 0)
+    rate = got["prediction"][-1].arrays["rate_hz"]
+    assert rate.shape[2] == 2 and rate.shape[:2] == (90, 160)  # 1280x720 pooled by 8
+    summary = __import__("json").loads(out.strip().splitlines()[-1])
+    assert summary["events_processed"] == events.size
+
+
+def test_sigterm_checkpoints_and_restart_resumes_bit_identical(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    scene = "synthetic://bars?duration_us=none&width=64&height=48"
+    proc = _spawn(scene, "--state-dir", str(state), "--control", "none", "--rate-ms", "10",
+                  "--pace", "realtime", "--speed", "4")
+    pub, _ = _endpoints(proc)
+    with Subscriber(pub, topics=("stats",), timeout_ms=30_000) as sub:
+        for _ in range(3):  # the engine is running and has processed events
+            assert sub.recv(timeout_ms=30_000) is not None
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = _finish(proc)
+    assert code == 0, err[-3000:]
+    found = load_latest(state)
+    assert found is not None, "SIGTERM wrote no checkpoint"
+    assert found.meta["events_processed"] > 0
+    cfg = load_config(None, {"source.uri": scene, "checkpoint.dir": str(state),
+                             "publish.endpoint": "tcp://127.0.0.1:*",
+                             "control.endpoint": "none"})
+    daemon = build_daemon(cfg)
+    try:
+        assert daemon.resumed_from == found.path
+        restored = daemon.pipeline.network.state_dict()
+        for k, v in found.arrays.items():
+            assert restored[k].dtype == v.dtype and restored[k].tobytes() == v.tobytes(), k
+    finally:
+        daemon.close()
+
+
+def test_control_commands_and_garbage(tmp_path: Path) -> None:
+    import zmq
+
+    scene = "synthetic://bars?duration_us=none&width=64&height=48"
+    proc = _spawn(scene, "--control", "tcp://127.0.0.1:*", "--state-dir", str(tmp_path),
+                  "--rate-ms", "10", "--set", "checkpoint.every_s=3600")
+    pub, ctl = _endpoints(proc)
+    try:
+        with ControlClient(ctl, timeout_ms=30_000) as client:
+            st = client.call("status")
+            assert st["ok"] and st["learning"] is True and st["geometry"] == [64, 48]
+            assert client.call("pause_learning")["learning"] is False
+            assert client.call("status")["learning"] is False
+            assert client.call("resume_learning")["learning"] is True
+            snap = client.call("snapshot")
+            assert snap["ok"] and Path(snap["path"]).exists()
+            assert client.call("set", publish_every_us=20_000)["ok"]
+            assert client.call("status")["publish_every_us"] == 20_000
+            bad = client.call("set", tau_us=5)
+            assert not bad["ok"] and "cannot set" in bad["error"]
+            assert client.call("reset")["ok"]
+            unknown = client.call("staus")
+            assert not unknown["ok"] and "status" in unknown["error"]
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.REQ)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.setsockopt(zmq.RCVTIMEO, 30_000)
+        raw.connect(ctl)
+        raw.send(b"\xff\x00 not json")
+        reply = raw.recv_json()
+        assert reply["ok"] is False
+        raw.close()
+        with Subscriber(pub, topics=("stats",), timeout_ms=30_000) as sub:
+            assert sub.recv(timeout_ms=30_000) is not None  # still publishing
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, _, err = _finish(proc)
+    assert code == 0, err[-3000:]
+
+
+def test_bad_config_fails_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "augury.toml"
+    bad.write_text("[publish]\nrate_ms = -3\n[checkpoint]\nkeep = 0\n")
+    proc = subprocess.run([sys.executable, "-m", "augury.cli", "run", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "publish.rate_ms" in proc.stderr and "checkpoint.keep" in proc.stderr
+    assert "publishing on" not in proc.stderr
+
+
+def test_bad_model_table_names_the_key(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "augury.cli", "run", "--set", "model.k9=3",
+                           "--control", "none"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "k9" in proc.stderr
+
+
+@pytest.mark.parametrize("overflow", ["block"])
+def test_never_reading_subscriber_does_not_block_engine(shared_data: Path, overflow: str) -> None:
+    """A subscriber that connects and never reads: the whole recording is still processed
+    and the publisher counts drops."""
+    import zmq
+
+    rec = shared_data / "prophesee" / "evt3_sample.raw"
+    cfg = load_config(None, {"source.uri": str(rec), "source.pace": "asap",
+                             "source.batch_us": 100, "publish.rate_ms": 0.1,
+                             "publish.hwm": 2, "pipeline.overflow": overflow,
+                             "publish.endpoint": "tcp://127.0.0.1:*",
+                             "control.endpoint": "none"})
+    daemon = build_daemon(cfg)
+    ctx = zmq.Context.instance()
+    lazy = ctx.socket(zmq.SUB)
+    lazy.setsockopt(zmq.LINGER, 0)
+    lazy.setsockopt(zmq.RCVHWM, 1)
+    lazy.setsockopt(zmq.RCVBUF, 4096)
+    lazy.subscribe(b"")
+    lazy.connect(daemon.publisher.bound_endpoint)
+    try:
+        deadline = time.monotonic() + 30
+        while not daemon.publisher.subscriptions and time.monotonic() < deadline:
+            daemon.publisher.poll_subscriptions(timeout_ms=100)
+        assert daemon.publisher.subscriptions, "subscriber never connected"
+        metrics = daemon.pipeline.run()
+        with open_source(rec) as src:
+            n = src.read_all().size
+        assert metrics.events_processed == n
+        assert sum(daemon.publisher.dropped.values()) > 0
+    finally:
+        lazy.close()
+        daemon.close()
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_udp_end_to_end_run_fed_by_send(shared_data: Path) -> None:
+    """`augury run udp://…` fed by `augury send FILE udp://…`: every event is processed."""
+    rec = shared_data / "prophesee" / "pedestrians_evt3_small.raw"
+    port = _free_udp_port()
+    uri = f"udp://127.0.0.1:{port}?format=augury&geometry=1280x720&until_end=1"
+    proc = _spawn(uri, "--pace", "asap", "--control", "none", "--rate-ms", "5",
+                  "--batch-us", "1000", "--wait-subscriber-s", "60")
+    pub, _ = _endpoints(proc)
+    with Subscriber(pub, topics=("prediction",), timeout_ms=30_000) as sub:
+        sender = subprocess.run([sys.executable, "-m", "augury.cli", "send", str(rec),
+                                 f"udp://127.0.0.1:{port}?format=augury"],
+                                capture_output=True, text=True, timeout=120)
+        assert sender.returncode == 0, sender.stderr
+        sent = __import__("json").loads(sender.stdout.strip().splitlines()[-1])
+        first = sub.recv(timeout_ms=30_000)
+        assert first is not None and first.arrays["rate_hz"].shape == (90, 160, 2)
+    code, out, err = _finish(proc)
+    assert code == 0, err[-3000:]
+    summary = __import__("json").loads(out.strip().splitlines()[-1])
+    assert sent["events"] == 5_000
+    assert summary["events_processed"] == 5_000, summary
