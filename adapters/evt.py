@@ -29,7 +29,7 @@ use the same rule for 2.1, where OpenEB only accepts an exact wrap).
 
 The decoder never raises on data: unknown word types are counted, events outside the
 sensor are counted (``out_of_bounds``) and never output, a trailing partial word is kept
-for the next buffer. Hot loops are module-level ``@njit(cache=True)`` kernels over
+for the next buffer. Hot loops are module-level ``@njit(cache=True, nogil=True)`` kernels over
 uint16/uint32 views of the data, with an int64 state array passed in and out; they write
 into preallocated EVENT_DTYPE buffers sized from the most events a word can produce.
 """
@@ -337,7 +337,7 @@ _EVT2_MAX_BASE_US = ((1 << 28) - 1) << 6
 _EVT2_LOOP_THRESHOLD_US = _EVT2_MAX_BASE_US - 10_000
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _evt3_time_high(h, time_set, base, high, low):
     """EVT 3.0 time-high word h (12 bits) -> (base µs, low, loop detected?).
 
@@ -351,7 +351,7 @@ def _evt3_time_high(h, time_set, base, high, low):
     return loops_us | (h << 12), (low if h == high else 0), looped
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _evt3_kernel(words, start, stop, out, trig, state, width, height):
     """Decode EVT 3.0 16-bit words (at most 12 events per word)."""
     time_set = state[S_TIME_SET]
@@ -466,7 +466,7 @@ def _evt3_kernel(words, start, stop, out, trig, state, width, height):
     return n_out, n_trig, i
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _evt2_time_high(raw, time_set, base):
     """EVT 2.x time-high word (raw = bits 33..6 of t) -> (base µs, loop detected?).
 
@@ -481,7 +481,7 @@ def _evt2_time_high(raw, time_set, base):
     return new_base, 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _evt2_kernel(words, start, stop, out, trig, state, width, height):
     """Decode EVT 2.0 32-bit words (at most 1 event per word; ``out`` holds stop - start)."""
     time_set = state[S_TIME_SET]
@@ -550,7 +550,7 @@ def _evt2_kernel(words, start, stop, out, trig, state, width, height):
     return n_out, n_trig, stop
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _evt21_kernel(words, start, stop, out, trig, state, width, height, legacy):
     """Decode EVT 2.1 64-bit words given as uint32 pairs (at most 32 events per word).
 

@@ -486,7 +486,7 @@ _TEXT_ERRORS = {
 }
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _parse_text_kernel(buf: np.ndarray, seconds: bool, t: np.ndarray, x: np.ndarray,
                        y: np.ndarray, p: np.ndarray) -> tuple[int, int, int, int]:
     """Parse text lines ``t x y p`` from ``buf`` (uint8 (n,)) into the output columns.

@@ -285,7 +285,7 @@ def _frames(scene: _Scene, t_us: np.ndarray) -> np.ndarray:
 
 # -- numba kernels ------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bar_coverage(x: float, y: float, ux: float, uy: float, s: float, period_px: float,
                   half_width_px: float) -> float:
     """clip(w/2 + ½ − |wrap(u·(x, y) − s)|, 0, 1): (x, y) relative to the sensor centre, the
@@ -298,7 +298,7 @@ def _bar_coverage(x: float, y: float, ux: float, uy: float, s: float, period_px:
     return min(max(half_width_px + 0.5 - abs(d), 0.0), 1.0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _bar_support(frame: np.ndarray, width: int, height: int, unit: np.ndarray,
                  period_px: np.ndarray, half_width_px: float, cov: np.ndarray,
                  idx: np.ndarray) -> int:
@@ -346,7 +346,7 @@ def _bar_support(frame: np.ndarray, width: int, height: int, unit: np.ndarray,
     return n_idx
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _torus(d: float, size: int) -> float:
     """The offset d (px) wrapped to [−size/2, size/2): the shortest way round the torus."""
     if d >= 0.5 * size:
@@ -356,7 +356,7 @@ def _torus(d: float, size: int) -> float:
     return d
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dot_support(frame: np.ndarray, width: int, height: int, radius_px: float,
                  cov: np.ndarray, idx: np.ndarray) -> int:
     """Coverage max_k clip(r + ½ − |p − c_k|, 0, 1) of the dots (torus distances) on the
@@ -388,7 +388,7 @@ def _dot_support(frame: np.ndarray, width: int, height: int, radius_px: float,
     return n_idx
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _render_grating(frame: np.ndarray, cos_a: np.ndarray, sin_a: np.ndarray, amplitude: float,
                     out: np.ndarray) -> None:
     """out = A·cos(a − φ) = A·(cos a·cos φ + sin a·sin φ), frame[0] = (cos φ, sin φ)."""
@@ -398,7 +398,7 @@ def _render_grating(frame: np.ndarray, cos_a: np.ndarray, sin_a: np.ndarray, amp
         out[i] = amplitude * (cos_a[i] * c + sin_a[i] * s)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _changed_pixels(kind: int, frame: np.ndarray, width: int, height: int, unit: np.ndarray,
                     period_px: np.ndarray, half_width_px: float, radius_px: float,
                     cos_a: np.ndarray, sin_a: np.ndarray, dl: float, cov: np.ndarray,
@@ -435,7 +435,7 @@ def _changed_pixels(kind: int, frame: np.ndarray, width: int, height: int, unit:
     return n, n_cur
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _n_crossings(a: float, thr: float) -> int:
     """floor(a / C + ε): levels crossed by a change |L − L_ref| = a (ε = _CROSS_EPS)."""
     if a < thr * (1.0 - _CROSS_EPS):
@@ -443,7 +443,7 @@ def _n_crossings(a: float, thr: float) -> int:
     return int(a / thr + _CROSS_EPS)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _emit_crossings(work_idx: np.ndarray, work_l: np.ndarray, n_work: int,
                     l_prev: np.ndarray, l_ref: np.ndarray, last_t: np.ndarray,
                     threshold: np.ndarray, t_prev_us: int, dt_us: int, refractory_us: int,
@@ -483,7 +483,7 @@ def _emit_crossings(work_idx: np.ndarray, work_l: np.ndarray, n_work: int,
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _simulate_steps(kind: int, frames: np.ndarray, step0: int, n0: int, t_first_us: int,
                     dt_us: int, width: int, height: int, unit: np.ndarray,
                     period_px: np.ndarray, half_width_px: float, radius_px: float,

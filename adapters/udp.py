@@ -255,17 +255,17 @@ _REASONS = ("ok", "short", "oversize", "bad_magic", "bad_version", "bad_length")
 _META_COLS = 8  # augury: status, flags, session, seq, base_t_us, count, width, height
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _u16(b, i):
     return np.int64(b[i]) | (np.int64(b[i + 1]) << 8)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _u32(b, i):
     return _u16(b, i) | (_u16(b, i + 2) << 16)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _i64(b, i):
     hi = _u32(b, i + 4)
     if hi >= 1 << 31:
@@ -273,7 +273,7 @@ def _i64(b, i):
     return (hi << 32) + _u32(b, i)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _unroll(t32, state):
     """Unroll a u32 µs timestamp: state = [seen, last unrolled t]; a step back by more than
     2**31 µs is a wrap (same rule as ``unroll_u32``)."""
@@ -290,7 +290,7 @@ def _unroll(t32, state):
     return t
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _augury_kernel(buf, offs, lens, max_datagram, out, meta):
     """Decode augury datagrams buf[offs[k]:offs[k]+lens[k]] into out (EVENT_DTYPE).
 
@@ -341,7 +341,7 @@ def _augury_kernel(buf, offs, lens, max_datagram, out, meta):
     return n_out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _spif_kernel(buf, offs, lens, arrival_us, max_datagram, timestamps, out, status,
                  state):
     """Decode SPIF words (with u32 timestamp words if ``timestamps``) into out.
@@ -385,7 +385,7 @@ def _spif_kernel(buf, offs, lens, arrival_us, max_datagram, timestamps, out, sta
     return n_out, n_bad
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _faery_kernel(buf, offs, lens, max_datagram, t32, out, status, state):
     """Decode faery t64_x16_y16_on8 (13-byte) or, if ``t32``, t32_x16_y15_on1 (8-byte)
     records into out. Returns (events written, events dropped: t64 beyond int64)."""

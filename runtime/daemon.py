@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import numpy as np
+
 from augury.adapters.base import EventSource, open_source, parse_uri
 from augury.checkpoint import CheckpointManager
 from augury.config import Config
 from augury.control import ControlServer, server_curve_keys
+from augury.events import EventBatch, empty_events, make_events
 from augury.model.network import Network
 from augury.model.spec import ModelSpec
 from augury.pipeline import Pipeline, PipelineOptions, restore_network
@@ -40,6 +43,15 @@ def model_spec(cfg: Config, source: EventSource) -> ModelSpec:
     table = {k: v for k, v in cfg.model.items() if k not in ("width", "height")}
     return ModelSpec.from_dict({**table, "width": source.geometry.width,
                                 "height": source.geometry.height})
+
+
+def warm_up(spec: ModelSpec) -> None:
+    """Compile (or load from numba's cache) the model kernels before serving, on a throwaway
+    network, so that the first real batch is not delayed by compilation."""
+    scratch = Network(spec)
+    scratch.step(EventBatch(empty_events(), 0, 1, 0))
+    scratch.step(EventBatch(make_events(np.array([1]), np.array([0]), np.array([0]),
+                                        np.array([1])), 1, 2, 1))
 
 
 @dataclass
@@ -67,6 +79,7 @@ def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0) -> Daemon:
     control: ControlServer | None = None
     try:
         spec = model_spec(cfg, source)
+        warm_up(spec)
         network = Network(spec)
         checkpoints = None
         resumed = None

@@ -8,7 +8,7 @@ from numba import njit
 INT64_MIN = np.iinfo(np.int64).min
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def validate_kernel(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray,
                     width: int, height: int, t_floor_us: int, window_us: int,
                     keep: np.ndarray) -> tuple[int, int, int, bool]:

@@ -91,11 +91,25 @@ class Metrics:
     published: int = 0
     latencies_ns: deque[int] = field(default_factory=lambda: deque(maxlen=20_000))
     started_s: float = field(default_factory=time.monotonic)
+    _quantiles: tuple[float, float | None, float | None] = (-1.0, None, None)
 
-    def latency_ms(self, q: float) -> float | None:
-        if not self.latencies_ns:
-            return None
-        return float(np.percentile(np.fromiter(self.latencies_ns, np.int64), q)) / 1e6
+    def latency_ms(self, q: float, *, max_age_s: float = 0.5) -> float | None:
+        """p50 or p99 (q = 50 | 99) of the recent arrival→publication latencies (ms).
+
+        Recomputed at most every ``max_age_s`` seconds, so that a daemon publishing at kHz
+        does not sort 20,000 numbers per message.
+        """
+        if q not in (50, 99):
+            raise ValueError(f"latency quantile must be 50 or 99, got {q}")
+        now = time.monotonic()
+        if now - self._quantiles[0] > max_age_s:
+            if self.latencies_ns:
+                lat = np.fromiter(self.latencies_ns, np.int64)
+                p50, p99 = (float(v) / 1e6 for v in np.percentile(lat, (50, 99)))
+                self._quantiles = (now, p50, p99)
+            else:
+                self._quantiles = (now, None, None)
+        return self._quantiles[1] if q == 50 else self._quantiles[2]
 
 
 def readout_messages(
