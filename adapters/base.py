@@ -302,8 +302,9 @@ def open_source(uri: str | Path, **options: Any) -> EventSource:
     """Open any event source by URI or path.
 
     Schemes: ``synthetic://KIND?opts``, ``udp://host:port``, ``tail://PATH`` (a .raw file
-    still being written), ``faery://``, ``dv://``,
-    ``metavision://``, ``file://PATH`` or a plain path (dispatched by suffix: .raw, .dat,
+    still being written), ``faery://[inivation|prophesee]``, ``dv://camera[/SERIAL]``,
+    ``dv://HOST:PORT`` (DV network stream), ``metavision://[SERIAL]`` (OpenEB),
+    ``file://PATH`` or a plain path (dispatched by suffix: .raw, .dat,
     .aedat, .aedat4, .bin, .bs2, .npy, .npz, .csv, .txt). Keyword options override URI
     query options. Raises ValueError for an unknown scheme, FileNotFoundError for a missing
     file and EventFormatError for an unreadable one.
