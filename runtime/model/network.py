@@ -1,0 +1,350 @@
+"""``Network``: step(batch) -> Readout, the public API of the predictive-coding model.
+
+The class only wraps the pure step (``kernels.run_batch`` or ``reference.run_batch``) over
+a ``State`` it owns, checks its input, and computes the published ``Readout`` (beliefs,
+their uncertainty, the predicted event-rate map for the horizon, surprise) from the state
+with vectorised NumPy. The readout is a pure function of the state and t_end_us, so it
+too is independent of how the stream was split into batches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from augury.events import EVENT_DTYPE, EventBatch, EventFormatError
+from augury.model import kernels, reference
+from augury.model.spec import ModelSpec
+from augury.model.state import (
+    C_DOWN,
+    C_EVENTS,
+    C_SYNOPS,
+    C_UP,
+    K_NEXT,
+    K_STARTED,
+    K_TNOW,
+    LEARNED,
+    State,
+    init_scratch,
+    init_state,
+    load_npz,
+    save_npz,
+    state_from_dict,
+    state_to_dict,
+)
+
+BACKENDS = ("numba", "reference")
+
+
+@dataclass
+class Readout:
+    """What the network publishes after a step (all arrays float32).
+
+    t_us: stream time of the readout (the batch's t_end_us, µs).
+    mu, sigma: per layer, posterior mean and standard deviation of the beliefs,
+      shapes (rows1, cols1, k1) and, with two layers, (rows2, cols2, k2).
+    rate_hz: predicted event rate for the next horizon Δ per pooled cell and polarity,
+      λ = x̂_{t+Δ}/τ in events/s, shape (Hp, Wp, 2) (channel 0 OFF, 1 ON).
+    rate_var: its predictive variance (v_F + Σ_k W² σ²)/τ², (events/s)², same shape, where
+      v_F is each channel's running variance of its own Δ-ahead forecast error.
+    surprise_map: Σ ½ π e² of layer-1 errors per column, shape (rows1, cols1);
+    surprise_total: the same summed, plus layer-2 errors; surprise_z: its z-score against
+    the running baseline; free_energy: F = Σ [½ π e² − ½ ln π] over active units
+    + λ Σ μ + ½ π_prior Σ μ_top².
+    spikes_up / spikes_down / synops / events: counts during this step.
+    """
+
+    t_us: int
+    mu: list[np.ndarray]
+    sigma: list[np.ndarray]
+    rate_hz: np.ndarray
+    rate_var: np.ndarray
+    surprise_map: np.ndarray
+    surprise_total: float
+    surprise_z: float
+    free_energy: float
+    spikes_up: int
+    spikes_down: int
+    synops: int
+    events: int
+
+
+class Network:
+    """The spiking Bayesian predictive-coding network over one sensor's event stream."""
+
+    def __init__(self, spec: ModelSpec, *, backend: str = "numba") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.spec = spec
+        self.backend = backend
+        self.params = kernels.make_params(spec)
+        self.learning = True
+        self.state: State = init_state(spec)
+        self._scratch = init_scratch(spec)
+        self._last_counters = self.state.counters.copy()
+
+    # -- learning switch ------------------------------------------------------------------
+    def freeze_learning(self) -> None:
+        """Inference only: precisions, weights and temporal weights stay unchanged."""
+        self.learning = False
+
+    def resume_learning(self) -> None:
+        self.learning = True
+
+    # -- stepping -------------------------------------------------------------------------
+    @property
+    def t_us(self) -> int:
+        """Stream time reached (the last batch's t_end_us), µs."""
+        return int(self.state.clock[K_TNOW])
+
+    def step(self, batch: EventBatch) -> Readout:
+        """Feed one batch (events sorted, inside [t_start_us, t_end_us)) and read out at t_end.
+
+        Raises EventFormatError naming the batch field or event index if the batch breaks
+        the stream contract (dtype, order, span, coordinates, time going backwards).
+        """
+        ev = self._check(batch)
+        st = self.state
+        if not st.clock[K_STARTED]:
+            tick = self.spec.tick_us
+            st.clock[K_NEXT] = -(-batch.t_start_us // tick) * tick
+            st.clock[K_STARTED] = 1
+            st.clock[K_TNOW] = batch.t_start_us
+        self._last_counters = st.counters.copy()
+        run = kernels.run_batch if self.backend == "numba" else reference.run_batch
+        run(st, self._scratch, self.params, np.ascontiguousarray(ev["t"]),
+            np.ascontiguousarray(ev["x"]), np.ascontiguousarray(ev["y"]),
+            np.ascontiguousarray(ev["p"]), int(batch.t_end_us), bool(self.learning))
+        return self.readout()
+
+    def _check(self, batch: EventBatch) -> np.ndarray:
+        src = f"batch {batch.seq}"
+        ev = batch.events
+        if ev.dtype != EVENT_DTYPE:
+            raise EventFormatError(f"events dtype is {ev.dtype}, expected EVENT_DTYPE",
+                                   source=src)
+        if batch.t_end_us < batch.t_start_us:
+            raise EventFormatError(f"t_end_us={batch.t_end_us} < t_start_us="
+                                   f"{batch.t_start_us}", source=src)
+        st = self.state
+        if st.clock[K_STARTED] and batch.t_start_us < st.clock[K_TNOW]:
+            raise EventFormatError(f"t_start_us={batch.t_start_us} is before the time already "
+                                   f"reached ({int(st.clock[K_TNOW])} µs)", source=src)
+        if ev.size == 0:
+            return ev
+        t = ev["t"]
+        checks = (
+            ("x", ev["x"] >= self.spec.width, f"x outside 0..{self.spec.width - 1}"),
+            ("y", ev["y"] >= self.spec.height, f"y outside 0..{self.spec.height - 1}"),
+            ("p", ev["p"] > 1, "p not in {0, 1}"),
+            ("t", (t < batch.t_start_us) | (t >= batch.t_end_us),
+             f"t outside [{batch.t_start_us}, {batch.t_end_us}) µs"),
+        )
+        for _name, bad, what in checks:
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise EventFormatError(f"event {i}: {what}", source=src)
+        if t.size > 1:
+            back = t[1:] < t[:-1]
+            if back.any():
+                i = int(np.argmax(back)) + 1
+                raise EventFormatError(f"event {i}: field t goes backwards", source=src)
+        return ev
+
+    # -- readout --------------------------------------------------------------------------
+    def readout(self) -> Readout:
+        """The published quantities at the current stream time (pure function of the state);
+        the counts are those of the last ``step``."""
+        r = compute_readout(self.spec, self.state, self.t_us)
+        c = self.state.counters
+        last = self._last_counters
+        r.spikes_up = int(c[C_UP] - last[C_UP])
+        r.spikes_down = int(c[C_DOWN] - last[C_DOWN])
+        r.synops = int(c[C_SYNOPS] - last[C_SYNOPS])
+        r.events = int(c[C_EVENTS] - last[C_EVENTS])
+        return r
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every state array (learned and fast), keyed by name."""
+        d = state_to_dict(self.state)
+        d["__learning__"] = np.array([1 if self.learning else 0], np.int64)
+        return d
+
+    def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
+        """Restore what ``state_dict`` returned (bit-exact); shapes are checked."""
+        d = dict(d)
+        flag = d.pop("__learning__", None)
+        self.state = state_from_dict(self.spec, d)
+        self._scratch = init_scratch(self.spec)
+        self._last_counters = self.state.counters.copy()
+        if flag is not None:
+            self.learning = bool(np.asarray(flag).ravel()[0])
+
+    def learned_arrays(self) -> dict[str, np.ndarray]:
+        """Copies of the arrays that only learning changes (for freeze checks)."""
+        return {k: getattr(self.state, k).copy() for k in LEARNED}
+
+    def save(self, path: str | Path) -> None:
+        """Write spec (JSON) and state to an .npz file (no pickle)."""
+        save_npz(path, self.spec, self.state)
+
+    @classmethod
+    def load(cls, path: str | Path, *, backend: str = "numba") -> Network:
+        spec, st = load_npz(path)
+        net = cls(spec, backend=backend)
+        net.state = st
+        net._last_counters = st.counters.copy()
+        return net
+
+    def reset(self) -> None:
+        """Back to the initial state of the spec (seeded weights, empty traces)."""
+        self.state = init_state(self.spec)
+        self._scratch = init_scratch(self.spec)
+        self._last_counters = self.state.counters.copy()
+
+    def spec_json(self) -> str:
+        return json.dumps(self.spec.to_dict(), sort_keys=True)
+
+
+# -- readout maths (vectorised NumPy) ---------------------------------------------------------
+def traces_at(spec: ModelSpec, st: State, t_us: int) -> np.ndarray:
+    """Layer-1 traces decayed in closed form to t_us, (n1, D1); silent columns are 0."""
+    dt = np.maximum(t_us - st.tcol, 0).astype(np.float64)
+    f = np.exp(-dt / spec.tau_us) * (st.active != 0)
+    return st.z1 * f[:, None]
+
+
+def column_to_map(spec: ModelSpec, a: np.ndarray) -> np.ndarray:
+    """(n1, D1) per-column channel values → (Hp, Wp, 2) pooled map."""
+    r1, c1 = spec.grid1
+    c = spec.column
+    hp, wp = spec.pooled_shape
+    m = a.reshape(r1, c1, c, c, 2).transpose(0, 2, 1, 3, 4).reshape(r1 * c, c1 * c, 2)
+    return m[:hp, :wp]
+
+
+def map_to_column(spec: ModelSpec, m: np.ndarray) -> np.ndarray:
+    """(Hp, Wp, 2) pooled map → (n1, D1) per-column channels (zero-padded at the edges)."""
+    r1, c1 = spec.grid1
+    c = spec.column
+    full = np.zeros((r1 * c, c1 * c, 2), dtype=m.dtype)
+    full[: m.shape[0], : m.shape[1]] = m
+    return full.reshape(r1, c, c1, c, 2).transpose(0, 2, 1, 3, 4).reshape(r1 * c1, spec.d1)
+
+
+def _w(w: np.ndarray, n: int) -> np.ndarray:
+    """Broadcast shared weights (1, a, b) to (n, a, b) views."""
+    return np.broadcast_to(w, (n, *w.shape[1:])) if w.shape[0] == 1 else w
+
+
+def l2_inputs(spec: ModelSpec, st: State) -> np.ndarray:
+    """Layer-1 sent beliefs arranged as layer-2 inputs, (n2, 4·k1)."""
+    r1, c1 = spec.grid1
+    r2, c2 = spec.grid2
+    m = np.zeros((r2 * 2, c2 * 2, spec.k1))
+    m[:r1, :c1] = st.mus1.reshape(r1, c1, spec.k1)
+    return m.reshape(r2, 2, c2, 2, spec.k1).transpose(0, 2, 1, 3, 4).reshape(r2 * c2, -1)
+
+
+def l2_to_l1(spec: ModelSpec, a: np.ndarray) -> np.ndarray:
+    """(n2, 4·k1) layer-2 slot values → (n1, k1) per layer-1 column."""
+    r1, c1 = spec.grid1
+    r2, c2 = spec.grid2
+    m = a.reshape(r2, c2, 2, 2, spec.k1).transpose(0, 2, 1, 3, 4).reshape(r2 * 2, c2 * 2, -1)
+    return m[:r1, :c1].reshape(r1 * c1, spec.k1)
+
+
+def predicted_traces(spec: ModelSpec, st: State, z: np.ndarray) -> np.ndarray:
+    """x̂_{t+Δ} = W1 μ1' + ρ ⊙ (z − x̂), (n1, D1).
+
+    μ1' = μ1 + W2 (A μ2 − μ2) with two layers, A μ1 with one; z are the traces now and
+    x̂ = W1 μ̂1 the current prediction, so ρ carries the unexplained residual forward.
+    """
+    n1 = spec.n1
+    w1 = _w(st.W1, n1)
+    if spec.layers == 1:
+        mu1p = np.einsum("ckl,cl->ck", _w(st.A, n1), st.mu1)
+    else:
+        n2 = spec.n2
+        mu2 = st.mu2
+        mu2p = np.einsum("ckl,cl->ck", _w(st.A, n2), mu2)
+        dpred = np.einsum("csk,ck->cs", _w(st.W2, n2), mu2p - mu2)
+        mu1p = np.maximum(st.mu1 + l2_to_l1(spec, dpred), 0.0)
+    resid = (z - st.xhat1) * (st.active != 0)[:, None]
+    return np.maximum(np.einsum("cdk,ck->cd", w1, mu1p) + st.rho * resid
+                      + lateral(spec, st.R[0], resid), 0.0)
+
+
+def lateral(spec: ModelSpec, r: np.ndarray, resid: np.ndarray) -> np.ndarray:
+    """Σ_o R[pol, o] e_{c+o}: residuals of the 8 neighbouring cells (same polarity), (n1, D1).
+
+    Computed on the padded pooled grid (rows1·column × cols1·column), zero outside it.
+    """
+    r1, c1 = spec.grid1
+    c = spec.column
+    full = resid.reshape(r1, c1, c, c, 2).transpose(0, 2, 1, 3, 4).reshape(r1 * c, c1 * c, 2)
+    pad = np.pad(full, ((1, 1), (1, 1), (0, 0)))
+    out = np.zeros_like(full)
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    for o, (dy, dx) in enumerate(offsets):
+        out += r[:, o] * pad[1 + dy:1 + dy + r1 * c, 1 + dx:1 + dx + c1 * c]
+    return out.reshape(r1, c, c1, c, 2).transpose(0, 2, 1, 3, 4).reshape(r1 * c1, spec.d1)
+
+
+def belief_variances(spec: ModelSpec, st: State) -> list[np.ndarray]:
+    """Laplace variances σ² = 1/(π_prior + Σ_i W_ij² π_i) per layer, (n, K)."""
+    n1 = spec.n1
+    w1 = _w(st.W1, n1)
+    prior1 = np.full((n1, spec.k1), spec.pi_prior) if spec.layers == 1 else l2_to_l1(
+        spec, st.pi2)
+    s1 = 1.0 / (prior1 + np.einsum("cdk,cd->ck", w1 * w1, st.pi1))
+    if spec.layers == 1:
+        return [s1]
+    w2 = _w(st.W2, spec.n2)
+    s2 = 1.0 / (spec.pi_prior + np.einsum("csk,cs->ck", w2 * w2, st.pi2))
+    return [s1, s2]
+
+
+def compute_readout(spec: ModelSpec, st: State, t_us: int) -> Readout:
+    """Readout at t_us from the state (counts left at 0; ``Network.readout`` fills them)."""
+    tau_s = spec.tau_us * 1e-6
+    act1 = st.active != 0
+    z = traces_at(spec, st, t_us)
+    e1 = (z - st.xhat1) * act1[:, None]
+    s_col = 0.5 * np.sum(st.pi1 * e1 * e1, axis=1)
+    total = float(s_col.sum())
+    fe = float(np.sum(-0.5 * np.log(st.pi1[act1])))
+    var = belief_variances(spec, st)
+    shapes = [spec.grid1 + (spec.k1,)]
+    mus = [st.mu1]
+    if spec.layers == 2:
+        act2 = st.nact2 != 0
+        e2 = (l2_inputs(spec, st) - st.pred2) * act2[:, None]
+        total += float(np.sum(0.5 * st.pi2 * e2 * e2))
+        fe += float(np.sum(-0.5 * np.log(st.pi2[act2])))
+        shapes.append(spec.grid2 + (spec.k2,))
+        mus.append(st.mu2)
+    top = mus[-1]
+    fe += total + spec.sparsity * float(sum(m.sum() for m in mus))
+    fe += 0.5 * spec.pi_prior * float(np.sum(top * top))
+    xp = predicted_traces(spec, st, z)
+    w1 = _w(st.W1, spec.n1)
+    pvar = st.vF + np.einsum("cdk,ck->cd", w1 * w1, var[0])
+    mean, bvar = float(st.baseline[0]), float(st.baseline[1])
+    return Readout(
+        t_us=int(t_us),
+        mu=[m.reshape(s).astype(np.float32) for m, s in zip(mus, shapes, strict=True)],
+        sigma=[np.sqrt(v).reshape(s).astype(np.float32) for v, s in zip(var, shapes,
+                                                                          strict=True)],
+        rate_hz=column_to_map(spec, xp / tau_s).astype(np.float32),
+        rate_var=column_to_map(spec, pvar / tau_s**2).astype(np.float32),
+        surprise_map=s_col.reshape(spec.grid1).astype(np.float32),
+        surprise_total=total,
+        surprise_z=(total - mean) / float(np.sqrt(bvar + 1e-12)),
+        free_energy=fe,
+        spikes_up=0, spikes_down=0, synops=0, events=0,
+    )

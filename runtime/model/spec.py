@@ -1,0 +1,193 @@
+"""Geometry and hyper-parameters of the predictive-coding network (frozen, validated).
+
+Geometry (all integer):
+
+* layer 0: the sensor (width × height px) pooled by ``pool`` into ``Hp × Wp`` cells
+  (Hp = ceil(height / pool), Wp = ceil(width / pool)), two polarity channels per cell;
+* layer 1: columns of ``column × column`` pooled cells (non-overlapping tiles), grid
+  ``rows1 × cols1``; each column has D1 = column² · 2 input channels and ``k1`` belief units;
+* layer 2 (``layers == 2``): columns covering 2 × 2 layer-1 columns, grid ``rows2 × cols2``;
+  D2 = 4 · k1 inputs (the children's beliefs) and ``k2`` belief units.
+
+Time constants are integer µs; the clocked work (precision, weight and temporal learning,
+sweeps of active columns) happens at absolute stream times that are multiples of ``tick_us``
+(and of ``horizon_us`` for the temporal predictor), so batch boundaries never matter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """All hyper-parameters of the network; see docs/model.md for every symbol.
+
+    Units: times in µs, traces in events (a trace jumps by 1 per event and decays with
+    ``tau_us``), rates in events/s. Precisions π are inverse trace variances (events⁻²).
+    """
+
+    width: int
+    height: int
+    pool: int = 8
+    tau_us: int = 20_000  # trace time constant τ
+    column: int = 4  # pooled cells per column side
+    k1: int = 8
+    k2: int = 8
+    layers: int = 2  # 1 or 2 belief layers above the sensor
+    horizon_us: int = 10_000  # temporal prediction horizon Δ
+    tick_us: int = 1_000  # clock of the sparse sweeps and of learning (divides horizon_us)
+    learn_us: int = 5_000  # learning epoch: weights and precisions update at multiples of it
+    relax_steps: int = 8  # belief relaxation iterations per tick (the belief units' clock)
+    settle: float = 0.01  # a column whose beliefs moved less than this in a step rests
+    homeo_rate: float = 0.0  # target error spikes per column per tick (0: no homeostasis)
+    homeo_eta: float = 0.2  # homeostatic gain rate per learning epoch
+    theta_e: float = 0.1  # error-unit sigma-delta threshold, in error standard deviations
+    theta_mu: float = 0.02  # sigma-delta threshold of belief units
+    kappa: float = 1.0  # belief step (fraction of a majorized Newton step), 0 < κ ≤ 1
+    sparsity: float = 0.01  # L1 prior λ on beliefs (beliefs are non-negative)
+    pi_prior: float = 1.0  # Gaussian prior precision of top-layer beliefs
+    q: float = 1e-5  # Kalman drift of every weight's variance per tick
+    s2_init: float = 1.0  # initial weight variance s²
+    alpha: float = 0.01  # precision learning rate per tick (running error variance)
+    v0: float = 0.01  # variance floor in π = 1/(v + v0)
+    pi_min: float = 0.01
+    pi_max: float = 100.0
+    w_max: float = 4.0  # soft bound: weights live in [0, w_max]
+    w_init: float = 0.1  # initial weights ~ U(0, w_init)
+    a_q: float = 1e-5  # Kalman drift of the temporal weights A
+    a_s2_init: float = 0.01  # initial variance of the temporal weights (A starts at I)
+    z_off: float = 0.02  # a column whose traces all fall below this goes silent (reset)
+    baseline_beta: float = 0.01  # surprise baseline EMA rate per horizon tick
+    seed: int = 0
+    fixed_point: bool = False
+    frac_bits: int = 20  # Q-format fraction bits when fixed_point (Q11.20 fits int32)
+    per_column_weights: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int(self, "width", 1, 65535)
+        _check_int(self, "height", 1, 65535)
+        _check_int(self, "pool", 1, 256)
+        _check_int(self, "tau_us", 1, 10**9)
+        _check_int(self, "column", 1, 64)
+        _check_int(self, "k1", 1, 256)
+        _check_int(self, "k2", 1, 256)
+        _check_int(self, "layers", 1, 2)
+        _check_int(self, "horizon_us", 1, 10**9)
+        _check_int(self, "tick_us", 1, 10**9)
+        _check_int(self, "seed", 0, 2**63 - 1)
+        _check_int(self, "relax_steps", 1, 64)
+        _check_int(self, "frac_bits", 4, 40)
+        _check_int(self, "learn_us", 1, 10**9)
+        if self.learn_us % self.tick_us:
+            raise ValueError(f"ModelSpec.learn_us={self.learn_us} must be a multiple of "
+                             f"tick_us={self.tick_us}")
+        if self.horizon_us % self.tick_us:
+            raise ValueError(f"ModelSpec.horizon_us={self.horizon_us} must be a multiple of "
+                             f"tick_us={self.tick_us}")
+        for name in ("theta_e", "theta_mu", "sparsity", "q", "a_q", "z_off", "w_init",
+                     "settle", "homeo_rate", "homeo_eta"):
+            _check_float(self, name, 0.0, math.inf, lo_open=False)
+        for name in ("kappa", "alpha", "baseline_beta"):
+            _check_float(self, name, 0.0, 1.0, lo_open=True)
+        for name in ("pi_prior", "s2_init", "a_s2_init", "v0", "pi_min", "pi_max", "w_max"):
+            _check_float(self, name, 0.0, math.inf, lo_open=True)
+        if self.pi_min > self.pi_max:
+            raise ValueError(f"ModelSpec.pi_min={self.pi_min} exceeds pi_max={self.pi_max}")
+        if self.w_init > self.w_max:
+            raise ValueError(f"ModelSpec.w_init={self.w_init} exceeds w_max={self.w_max}")
+        for name in ("fixed_point", "per_column_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelSpec.{name} must be a bool, got "
+                                 f"{getattr(self, name)!r}")
+
+    # -- derived geometry -------------------------------------------------------------------
+    @property
+    def pooled_shape(self) -> tuple[int, int]:
+        """(Hp, Wp): pooled grid size in cells."""
+        return (-(-self.height // self.pool), -(-self.width // self.pool))
+
+    @property
+    def grid1(self) -> tuple[int, int]:
+        """(rows1, cols1): layer-1 column grid."""
+        hp, wp = self.pooled_shape
+        return (-(-hp // self.column), -(-wp // self.column))
+
+    @property
+    def grid2(self) -> tuple[int, int]:
+        """(rows2, cols2): layer-2 column grid (each covers 2 × 2 layer-1 columns)."""
+        r1, c1 = self.grid1
+        return (-(-r1 // 2), -(-c1 // 2))
+
+    @property
+    def d1(self) -> int:
+        """Input channels per layer-1 column: column² cells × 2 polarities."""
+        return self.column * self.column * 2
+
+    @property
+    def d2(self) -> int:
+        """Inputs per layer-2 column: 4 children × k1 beliefs."""
+        return 4 * self.k1
+
+    @property
+    def n1(self) -> int:
+        r, c = self.grid1
+        return r * c
+
+    @property
+    def n2(self) -> int:
+        r, c = self.grid2
+        return r * c
+
+    @property
+    def q_scale(self) -> float:
+        """2**frac_bits when fixed_point (values are rounded to multiples of 1/scale), else 0."""
+        return float(2**self.frac_bits) if self.fixed_point else 0.0
+
+    # -- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        """Build from a plain dict (config file); an unknown key raises ValueError naming it."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown ModelSpec key(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(known)}")
+        kwargs: dict[str, Any] = {}
+        for k, v in d.items():
+            default = known[k].default
+            if isinstance(default, bool) or k in ("width", "height"):
+                kwargs[k] = v
+            elif isinstance(default, int) and isinstance(v, float) and v.is_integer():
+                kwargs[k] = int(v)
+            elif isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+                kwargs[k] = float(v)
+            else:
+                kwargs[k] = v
+        missing = [n for n in ("width", "height") if n not in kwargs]
+        if missing:
+            raise ValueError(f"ModelSpec needs key(s): {', '.join(missing)}")
+        return cls(**kwargs)
+
+
+def _check_int(spec: ModelSpec, name: str, lo: int, hi: int) -> None:
+    v = getattr(spec, name)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"ModelSpec.{name} must be an int, got {v!r}")
+    if not lo <= v <= hi:
+        raise ValueError(f"ModelSpec.{name}={v} is outside {lo}..{hi}")
+
+
+def _check_float(spec: ModelSpec, name: str, lo: float, hi: float, *, lo_open: bool) -> None:
+    v = getattr(spec, name)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"ModelSpec.{name} must be a finite number, got {v!r}")
+    if (v <= lo if lo_open else v < lo) or v > hi:
+        bracket = "(" if lo_open else "["
+        raise ValueError(f"ModelSpec.{name}={v} is outside {bracket}{lo}, {hi}]")

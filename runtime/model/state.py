@@ -1,0 +1,217 @@
+"""All learned and fast state of the network as plain arrays; save/load as .npz (no pickle).
+
+Shapes use n1/n2 (layer-1/2 columns), D1 = column²·2, D2 = 4·k1, K1 = k1, K2 = k2,
+nW1 = 1 (shared weights) or n1 (per-column weights), likewise nW2; the top layer (layer
+``layers``) has nT columns of KT beliefs and temporal weights A of shape (nA, KT, KT).
+Every float array is float64; times are int64 µs.
+
+Layer 1 (sensor side):   z1 traces (events) at time tcol[j]; xhat1 = W1·mus1 predictions;
+  eps1 last *sent* precision-weighted errors; v1, pi1 running error variance and precision;
+  u1 = W1ᵀ·eps1 bottom-up drive; mu1 beliefs, mus1 last *sent* beliefs; h1 majorized
+  curvature (inverse step size) of each belief; active[j] column flag; busy1[j] set while
+  the column's beliefs still move (cleared when they settle, set again by input spikes);
+  gain1[j] homeostatic gain of the column's error thresholds, nsp1[j] its error spikes
+  since the last learning epoch.
+Layer 2: pred2 = W2·mus2; eps2, v2, pi2, u2, mu2, mus2, h2 as above; nact2[P] number of
+  active children; busy2 as busy1.
+Temporal (top layer): A, SA weights and their variances; vA error variance; muprev the top
+  beliefs at the previous horizon tick. Temporal (layer-1 error units): rho, srho the
+  residual's own one-horizon autoregression weight and its variance; R, SR (1, 2, 8) the
+  shared lateral weights from the 8 neighbouring cells' residuals (same polarity, order
+  (dy, dx) row-major without the centre) and their variances; eprev the residual
+  z − x̂ at the previous horizon tick, all (n1, D1). Forecast: fprev the trace forecast
+  x̂_{T+Δ} made at the last horizon tick T, vF the running variance of its error, (n1, D1).
+clock: [t_now_us, next_tick_us, started, n_active]; counters: [events, spikes_up,
+spikes_down, synops, ticks]; baseline: [mean, variance] of the surprise at horizon ticks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from augury.model.spec import ModelSpec
+
+C_EVENTS, C_UP, C_DOWN, C_SYNOPS, C_TICKS = range(5)
+K_TNOW, K_NEXT, K_STARTED, K_NACTIVE = range(4)
+
+
+class State(NamedTuple):
+    """Every array the kernels read or write (see the module docstring for shapes)."""
+
+    z1: np.ndarray
+    tcol: np.ndarray
+    active: np.ndarray
+    busy1: np.ndarray
+    xhat1: np.ndarray
+    eps1: np.ndarray
+    v1: np.ndarray
+    pi1: np.ndarray
+    u1: np.ndarray
+    mu1: np.ndarray
+    mus1: np.ndarray
+    h1: np.ndarray
+    gain1: np.ndarray
+    nsp1: np.ndarray
+    W1: np.ndarray
+    S1: np.ndarray
+    pred2: np.ndarray
+    eps2: np.ndarray
+    v2: np.ndarray
+    pi2: np.ndarray
+    u2: np.ndarray
+    mu2: np.ndarray
+    mus2: np.ndarray
+    h2: np.ndarray
+    nact2: np.ndarray
+    busy2: np.ndarray
+    W2: np.ndarray
+    S2: np.ndarray
+    A: np.ndarray
+    SA: np.ndarray
+    vA: np.ndarray
+    muprev: np.ndarray
+    rho: np.ndarray
+    srho: np.ndarray
+    R: np.ndarray
+    SR: np.ndarray
+    eprev: np.ndarray
+    fprev: np.ndarray
+    vF: np.ndarray
+    clock: np.ndarray
+    counters: np.ndarray
+    baseline: np.ndarray
+
+
+class Scratch(NamedTuple):
+    """Per-tick accumulators (zeroed before use, not part of the saved state)."""
+
+    G1: np.ndarray
+    I1: np.ndarray
+    G2: np.ndarray
+    I2: np.ndarray
+    GA: np.ndarray
+    IA: np.ndarray
+    rs: np.ndarray  # row sums, length max(D1, D2, KT)
+    m1: np.ndarray  # forecast beliefs, (k1,)
+    m2: np.ndarray  # forecast change of layer-2 beliefs, (k2,)
+    xdirty: np.ndarray  # column's x̂ changed during this tick's relaxation step, (n1,)
+    W1T: np.ndarray  # W1 transposed, (nW1, K1, D1): contiguous rows for top-down spikes
+    thr1: np.ndarray  # θ_e √π1, the error units' thresholds, (n1, D1)
+    GR: np.ndarray  # lateral residual weight accumulators, (2, 8)
+    IR: np.ndarray
+
+
+LEARNED = ("W1", "S1", "W2", "S2", "A", "SA", "v1", "pi1", "v2", "pi2", "vA", "rho", "srho",
+           "R", "SR", "vF", "gain1")
+"""Arrays changed only by learning (frozen by ``Network.freeze_learning``)."""
+
+
+def top_shape(spec: ModelSpec) -> tuple[int, int]:
+    """(nT, KT): columns and beliefs of the top layer."""
+    return (spec.n1, spec.k1) if spec.layers == 1 else (spec.n2, spec.k2)
+
+
+def init_state(spec: ModelSpec) -> State:
+    """A fresh state: weights ~ U(0, w_init) from ``spec.seed``, A = I, π = 1/(1 + v0)."""
+    rng = np.random.default_rng(spec.seed)
+    n1, n2, d1, d2, k1, k2 = spec.n1, spec.n2, spec.d1, spec.d2, spec.k1, spec.k2
+    nw1 = n1 if spec.per_column_weights else 1
+    nw2 = n2 if spec.per_column_weights else 1
+    nt, kt = top_shape(spec)
+    na = nt if spec.per_column_weights else 1
+    f8 = np.float64
+    pi0 = min(max(1.0 / (1.0 + spec.v0), spec.pi_min), spec.pi_max)
+    w1 = rng.uniform(0.0, spec.w_init, size=(nw1, d1, k1))
+    w2 = rng.uniform(0.0, spec.w_init, size=(nw2, d2, k2))
+    st = State(
+        z1=np.zeros((n1, d1), f8), tcol=np.zeros(n1, np.int64), active=np.zeros(n1, np.uint8),
+        busy1=np.zeros(n1, np.uint8),
+        xhat1=np.zeros((n1, d1), f8), eps1=np.zeros((n1, d1), f8),
+        v1=np.ones((n1, d1), f8), pi1=np.full((n1, d1), pi0),
+        u1=np.zeros((n1, k1), f8), mu1=np.zeros((n1, k1), f8), mus1=np.zeros((n1, k1), f8),
+        h1=np.ones((n1, k1), f8), gain1=np.ones(n1, f8), nsp1=np.zeros(n1, np.int64),
+        W1=w1, S1=np.full((nw1, d1, k1), spec.s2_init),
+        pred2=np.zeros((n2, d2), f8), eps2=np.zeros((n2, d2), f8),
+        v2=np.ones((n2, d2), f8), pi2=np.full((n2, d2), pi0),
+        u2=np.zeros((n2, k2), f8), mu2=np.zeros((n2, k2), f8), mus2=np.zeros((n2, k2), f8),
+        h2=np.ones((n2, k2), f8), nact2=np.zeros(n2, np.int64), busy2=np.zeros(n2, np.uint8),
+        W2=w2, S2=np.full((nw2, d2, k2), spec.s2_init),
+        A=np.repeat(np.eye(kt)[None], na, axis=0), SA=np.full((na, kt, kt), spec.a_s2_init),
+        vA=np.ones((nt, kt), f8), muprev=np.zeros((nt, kt), f8),
+        rho=np.zeros((n1, d1), f8), srho=np.full((n1, d1), spec.s2_init),
+        R=np.zeros((1, 2, 8), f8), SR=np.full((1, 2, 8), spec.s2_init),
+        eprev=np.zeros((n1, d1), f8), fprev=np.zeros((n1, d1), f8),
+        vF=np.ones((n1, d1), f8),
+        clock=np.zeros(4, np.int64), counters=np.zeros(5, np.int64),
+        baseline=np.array([0.0, 1.0], f8),
+    )
+    if spec.fixed_point:
+        s = spec.q_scale
+        st = State(*[np.floor(a * s + 0.5) / s if a.dtype == f8 else a for a in st])
+    return st
+
+
+def init_scratch(spec: ModelSpec) -> Scratch:
+    nt, kt = top_shape(spec)
+    f8 = np.float64
+    return Scratch(
+        G1=np.zeros((spec.d1, spec.k1), f8), I1=np.zeros((spec.d1, spec.k1), f8),
+        G2=np.zeros((spec.d2, spec.k2), f8), I2=np.zeros((spec.d2, spec.k2), f8),
+        GA=np.zeros((kt, kt), f8), IA=np.zeros((kt, kt), f8),
+        rs=np.zeros(max(spec.d1, spec.d2, kt), f8),
+        m1=np.zeros(spec.k1, f8), m2=np.zeros(spec.k2, f8),
+        xdirty=np.zeros(spec.n1, np.uint8), thr1=np.zeros((spec.n1, spec.d1), f8),
+        W1T=np.zeros((spec.n1 if spec.per_column_weights else 1, spec.k1, spec.d1), f8),
+        GR=np.zeros((2, 8), f8), IR=np.zeros((2, 8), f8),
+    )
+
+
+def state_to_dict(st: State) -> dict[str, np.ndarray]:
+    """Copies of every state array, keyed by field name."""
+    return {k: np.array(v, copy=True) for k, v in st._asdict().items()}
+
+
+def state_from_dict(spec: ModelSpec, d: dict[str, np.ndarray]) -> State:
+    """Rebuild a State, checking every field's presence, shape and dtype against ``spec``."""
+    ref = init_state(spec)
+    missing = [k for k in State._fields if k not in d]
+    if missing:
+        raise ValueError(f"state is missing array(s): {', '.join(missing)}")
+    extra = sorted(set(d) - set(State._fields))
+    if extra:
+        raise ValueError(f"state has unknown array(s): {', '.join(extra)}")
+    out = []
+    for k in State._fields:
+        a = np.asarray(d[k])
+        r = getattr(ref, k)
+        if a.shape != r.shape or a.dtype != r.dtype:
+            raise ValueError(f"state array {k!r} has shape {a.shape} dtype {a.dtype}, "
+                             f"expected {r.shape} {r.dtype} for this spec")
+        out.append(np.array(a, copy=True))
+    return State(*out)
+
+
+def save_npz(path: str | Path, spec: ModelSpec, st: State) -> None:
+    """Write spec (JSON, as a uint8 array) and every state array to an .npz file."""
+    spec_json = np.frombuffer(json.dumps(spec.to_dict(), sort_keys=True).encode(), np.uint8)
+    np.savez(path, __spec__=spec_json, **state_to_dict(st))
+
+
+def load_npz(path: str | Path) -> tuple[ModelSpec, State]:
+    """Read what ``save_npz`` wrote (allow_pickle=False); errors name the file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read model checkpoint: {exc}") from exc
+    if "__spec__" not in arrays:
+        raise ValueError(f"{path}: not a model checkpoint (no __spec__ entry)")
+    try:
+        spec = ModelSpec.from_dict(json.loads(arrays.pop("__spec__").tobytes().decode()))
+        return spec, state_from_dict(spec, arrays)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

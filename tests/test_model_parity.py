@@ -1,0 +1,79 @@
+"""The numba kernels agree with the NumPy reference (the oracle) on the same input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from model_helpers import bars, noise, real_events, windows
+
+from augury.model.network import Network
+from augury.model.spec import ModelSpec
+
+
+def _run_both(spec: ModelSpec, ev: np.ndarray, t1_us: int, window_us: int = 5_000):
+    nets = [Network(spec, backend=b) for b in ("numba", "reference")]
+    outs = []
+    for net in nets:
+        for b in windows(ev, 0, t1_us, window_us):
+            r = net.step(b)
+        outs.append(r)
+    return nets, outs
+
+
+def _assert_same(nets: list[Network], outs: list) -> None:
+    a, b = nets
+    for name in a.state._fields:
+        x, y = getattr(a.state, name), getattr(b.state, name)
+        if x.dtype.kind in "iu":
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-7, atol=1e-9, err_msg=name)
+    ra, rb = outs
+    np.testing.assert_allclose(ra.rate_hz, rb.rate_hz, rtol=1e-4, atol=1e-3)
+    assert ra.free_energy == pytest.approx(rb.free_energy, rel=1e-6)
+    assert (ra.spikes_up, ra.spikes_down, ra.synops) == (rb.spikes_up, rb.spikes_down,
+                                                         rb.synops)
+
+
+CONFIGS = {
+    "one-layer": dict(layers=1),
+    "two-layers": dict(layers=2),
+    "per-column": dict(layers=2, per_column_weights=True, k1=4, k2=3),
+    "fixed-point": dict(layers=2, fixed_point=True, frac_bits=14),
+    "small-pool": dict(pool=4, column=2, k1=5, tick_us=500, horizon_us=2_000),
+    "homeostasis": dict(layers=2, homeo_rate=2.0, learn_us=2_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_parity_synthetic(name: str) -> None:
+    t1 = 40_000
+    ev = bars(64, 48, t1, seed=3, noise_rate_hz=5.0)
+    spec = ModelSpec(width=64, height=48, **CONFIGS[name])
+    nets, outs = _run_both(spec, ev, t1)
+    assert nets[0].state.counters[0] == ev.size
+    assert nets[0].state.counters[1] > 0 and nets[0].state.counters[2] > 0  # spikes happened
+    _assert_same(nets, outs)
+
+
+def test_parity_noise_and_silence() -> None:
+    """Sparse noise with a long silent gap: columns go silent and re-activate."""
+    ev = np.concatenate([noise(48, 32, 20_000, 40.0, seed=1),
+                         noise(48, 32, 20_000, 40.0, seed=2, t0_us=200_000)])
+    spec = ModelSpec(width=48, height=32, pool=4, column=2)
+    nets, outs = _run_both(spec, ev, 230_000, 10_000)
+    assert nets[0].state.active.sum() > 0
+    _assert_same(nets, outs)
+
+
+def test_parity_real_recording() -> None:
+    """Prophesee Gen4.1 street scene (1280x720, 5000 events over 45 ms)."""
+    ev = real_events("pedestrians_evt3_small")
+    if ev is None:
+        pytest.skip("shared data directory ../shared/data is absent")
+    t1 = int(ev["t"][-1]) + 1
+    spec = ModelSpec(width=1280, height=720, horizon_us=5_000)
+    nets, outs = _run_both(spec, ev, t1, 5_000)
+    assert nets[0].state.counters[0] == ev.size
+    assert nets[0].state.counters[4] > 30  # ticks ran
+    _assert_same(nets, outs)
