@@ -10,8 +10,10 @@ Threads (DESIGN §1):
   subscriber loses messages, never stalls the engine) and hands state copies to the
   checkpoint manager's background writer, so that a slow disk never stalls it either.
 
-A step whose state turns non-finite is rolled back to the last good copy (kept every
-``good_every_s`` seconds) and counted; the daemon keeps serving.
+The read-out (beliefs, σ, predicted rates, surprise) is computed only when it is published
+or every ``check_every_us`` of stream time; a state found non-finite there is rolled back
+to the last good copy (kept every ``good_every_s`` seconds) and counted; the daemon keeps
+serving.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class PipelineOptions:
     batch_us: source batch span (µs); publish_every_us: stream time between read-outs (µs);
     queue_size: batches held between reader and engine; overflow: "block" | "drop_oldest";
     pace: "asap" | "realtime"; speed: replay speed factor; good_every_s: how often a copy of a
-    good state is kept for roll-back (s); wait_subscriber_s: before reading the source, wait
+    good state is kept for roll-back (s); check_every_us: stream time between health checks
+    of the state when nothing is published (the read-out is computed only to publish or to
+    check, not at every step); wait_subscriber_s: before reading the source, wait
     up to this long for a first subscriber (XPUB notification), so that a short recording is
     not published into the void.
     """
@@ -72,6 +76,7 @@ class PipelineOptions:
     pace: str = "asap"
     speed: float = 1.0
     good_every_s: float = 1.0
+    check_every_us: int = 100_000
     wait_subscriber_s: float = 0.0
 
 
@@ -263,40 +268,50 @@ class Pipeline:
                 "resume_learning": resume, "snapshot": snapshot, "reset": reset, "set": set_}
 
     # -- engine -----------------------------------------------------------------------------
-    def _step(self, item: Arrival) -> Readout | None:
+    def _step(self, item: Arrival) -> bool:
+        """Advance the network by one batch (no read-out); False if the batch was skipped."""
         batch = item.batch
         m = self.metrics
         m.batches += 1
         m.events_in += len(batch)
         m.source_dropped += batch.counters.dropped
         m.source_malformed += batch.counters.malformed
-        if (self._good is None
-                or time.monotonic() - self._good_s >= self.options.good_every_s):
-            self._good = self.network.state_dict()
-            self._good_s = time.monotonic()
         if batch.t_start_us < self.network.t_us:
             # after a queue drop or a source restart time may not tile; skip what is stale
             if batch.t_end_us <= self.network.t_us:
                 m.bad_batches += 1
-                return None
+                return False
             ev = batch.events[batch.events["t"] >= self.network.t_us]
             batch = EventBatch(ev, self.network.t_us, batch.t_end_us, batch.seq, batch.counters)
         try:
-            r = self.network.step(batch)
+            counts = self.network.advance(batch)
         except ValueError as exc:  # a batch that breaks the stream contract: count, go on
             m.bad_batches += 1
             log.warning("skipped a bad batch: %s", exc)
-            return None
+            return False
+        m.events_processed += counts.events
+        m.spikes += counts.spikes_up + counts.spikes_down
+        m.synops += counts.synops
+        self._pending_arrivals.append(item.arrival_ns)
+        return True
+
+    def _checked_readout(self) -> Readout | None:
+        """The read-out, or None after rolling a non-finite state back to the last good copy
+        (counted in ``rollbacks``). A good copy is kept every ``good_every_s`` seconds."""
+        r = self.network.readout()
         if not readout_is_finite(r):
-            m.rollbacks += 1
-            log.error("non-finite state after batch %d; rolled back", batch.seq)
+            self.metrics.rollbacks += 1
+            log.error("non-finite state at t=%d µs; rolled back to the last good state",
+                      self.network.t_us)
             if self._good is not None:
                 self.network.load_state_dict(self._good)
+            else:
+                self.network.reset()
             return None
-        m.events_processed += r.events
-        m.spikes += r.spikes_up + r.spikes_down
-        m.synops += r.synops
-        self._pending_arrivals.append(item.arrival_ns)
+        now = time.monotonic()
+        if self._good is None or now - self._good_s >= self.options.good_every_s:
+            self._good = self.network.state_dict()
+            self._good_s = now
         return r
 
     def _publish(self, r: Readout, sensor_time_us: int) -> None:
@@ -331,7 +346,7 @@ class Pipeline:
                 self.control.poll(0)
         self._reader = threading.Thread(target=self._read, name="augury-reader", daemon=True)
         self._reader.start()
-        last: Readout | None = None
+        next_check_us = 0
         try:
             while not self.stop_event.is_set():
                 if self.control is not None:
@@ -341,20 +356,24 @@ class Pipeline:
                     if self._reader_done.is_set() and len(self.ring) == 0:
                         break
                     continue
-                r = self._step(item)
-                if r is not None:
-                    last = r
+                if self._step(item):
+                    t = self.network.t_us
                     if self._next_publish_us is None:
-                        self._next_publish_us = r.t_us
-                    if r.t_us >= self._next_publish_us:
-                        self._publish(r, item.batch.t_end_us)
-                        self._next_publish_us = r.t_us + self.publish_every_us
+                        self._next_publish_us = t
+                    if t >= self._next_publish_us or t >= next_check_us:
+                        next_check_us = t + self.options.check_every_us
+                        r = self._checked_readout()
+                        if r is not None and t >= self._next_publish_us:
+                            self._publish(r, item.batch.t_end_us)
+                            self._next_publish_us = t + self.publish_every_us
                 if self.checkpoints is not None:
                     self.checkpoints.maybe_save(self.state_snapshot)
                 if max_batches is not None and self.metrics.batches >= max_batches:
                     break
-            if last is not None and self._pending_arrivals:
-                self._publish(last, last.t_us)
+            if self._pending_arrivals:  # what was processed since the last publication
+                r = self._checked_readout()
+                if r is not None:
+                    self._publish(r, r.t_us)
         finally:
             self.stop_event.set()
             self.ring.close()

@@ -72,6 +72,16 @@ class Readout:
     events: int
 
 
+@dataclass(frozen=True)
+class StepCounts:
+    """What one step did: input events, graded spikes up/down, synaptic operations."""
+
+    events: int
+    spikes_up: int
+    spikes_down: int
+    synops: int
+
+
 class Network:
     """The spiking Bayesian predictive-coding network over one sensor's event stream."""
 
@@ -84,7 +94,7 @@ class Network:
         self.learning = True
         self.state: State = init_state(spec)
         self._scratch = init_scratch(spec)
-        self._last_counters = self.state.counters.copy()
+        self._last_counts_base = self.state.counters.copy()
 
     # -- learning switch ------------------------------------------------------------------
     def freeze_learning(self) -> None:
@@ -106,6 +116,12 @@ class Network:
         Raises EventFormatError naming the batch field or event index if the batch breaks
         the stream contract (dtype, order, span, coordinates, time going backwards).
         """
+        self.advance(batch)
+        return self.readout()
+
+    def advance(self, batch: EventBatch) -> StepCounts:
+        """Feed one batch like ``step`` but skip the read-out (a daemon reads out only when
+        it publishes); returns the counts of this step."""
         ev = self._check(batch)
         st = self.state
         if not st.clock[K_STARTED]:
@@ -113,12 +129,21 @@ class Network:
             st.clock[K_NEXT] = -(-batch.t_start_us // tick) * tick
             st.clock[K_STARTED] = 1
             st.clock[K_TNOW] = batch.t_start_us
-        self._last_counters = st.counters.copy()
+        self._last_counts_base = st.counters.copy()
         run = kernels.run_batch if self.backend == "numba" else reference.run_batch
         run(st, self._scratch, self.params, np.ascontiguousarray(ev["t"]),
             np.ascontiguousarray(ev["x"]), np.ascontiguousarray(ev["y"]),
             np.ascontiguousarray(ev["p"]), int(batch.t_end_us), bool(self.learning))
-        return self.readout()
+        return self.last_counts()
+
+    def last_counts(self) -> StepCounts:
+        """Events, spikes (up, down) and synaptic operations of the last step."""
+        c = self.state.counters
+        last = self._last_counts_base
+        return StepCounts(events=int(c[C_EVENTS] - last[C_EVENTS]),
+                          spikes_up=int(c[C_UP] - last[C_UP]),
+                          spikes_down=int(c[C_DOWN] - last[C_DOWN]),
+                          synops=int(c[C_SYNOPS] - last[C_SYNOPS]))
 
     def _check(self, batch: EventBatch) -> np.ndarray:
         src = f"batch {batch.seq}"
@@ -159,12 +184,9 @@ class Network:
         """The published quantities at the current stream time (pure function of the state);
         the counts are those of the last ``step``."""
         r = compute_readout(self.spec, self.state, self.t_us)
-        c = self.state.counters
-        last = self._last_counters
-        r.spikes_up = int(c[C_UP] - last[C_UP])
-        r.spikes_down = int(c[C_DOWN] - last[C_DOWN])
-        r.synops = int(c[C_SYNOPS] - last[C_SYNOPS])
-        r.events = int(c[C_EVENTS] - last[C_EVENTS])
+        n = self.last_counts()
+        r.spikes_up, r.spikes_down, r.synops, r.events = (n.spikes_up, n.spikes_down,
+                                                          n.synops, n.events)
         return r
 
     # -- state ----------------------------------------------------------------------------
@@ -180,7 +202,7 @@ class Network:
         flag = d.pop("__learning__", None)
         self.state = state_from_dict(self.spec, d)
         self._scratch = init_scratch(self.spec)
-        self._last_counters = self.state.counters.copy()
+        self._last_counts_base = self.state.counters.copy()
         if flag is not None:
             self.learning = bool(np.asarray(flag).ravel()[0])
 
@@ -197,14 +219,14 @@ class Network:
         spec, st = load_npz(path)
         net = cls(spec, backend=backend)
         net.state = st
-        net._last_counters = st.counters.copy()
+        net._last_counts_base = st.counters.copy()
         return net
 
     def reset(self) -> None:
         """Back to the initial state of the spec (seeded weights, empty traces)."""
         self.state = init_state(self.spec)
         self._scratch = init_scratch(self.spec)
-        self._last_counters = self.state.counters.copy()
+        self._last_counts_base = self.state.counters.copy()
 
     def spec_json(self) -> str:
         return json.dumps(self.spec.to_dict(), sort_keys=True)
