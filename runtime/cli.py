@@ -340,10 +340,24 @@ def run(uri: str | None, config_path: Path | None, publish: str | None, control:
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after N messages.")
 @click.option("--timeout-s", type=float, default=None,
               help="Exit when nothing arrives for this long (default: wait forever).")
+@click.option("--render", "render_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Also keep a PNG of the latest beliefs, uncertainty and "
+              "predicted rates up to date (needs the 'tools' extra: matplotlib).")
+@click.option("--render-every", type=click.IntRange(1), default=20, show_default=True,
+              help="Re-render after this many messages.")
 def listen(endpoint: str, topics: tuple[str, ...], count: int | None,
-           timeout_s: float | None) -> None:
+           timeout_s: float | None, render_path: Path | None, render_every: int) -> None:
     """Print a one-line summary of every message published on ENDPOINT."""
     from augury.client import Subscriber
+
+    latest: dict[str, dict[str, np.ndarray]] = {}
+    if render_path is not None:
+        from augury.render import _pyplot
+
+        try:
+            _pyplot()
+        except ImportError as exc:
+            raise click.ClickException(str(exc)) from exc
 
     wanted = topics or ("beliefs", "prediction", "surprise", "stats")
     n = 0
@@ -357,8 +371,23 @@ def listen(endpoint: str, topics: tuple[str, ...], count: int | None,
                 continue
             click.echo(message_line(msg))
             n += 1
+            if render_path is not None:
+                latest[msg.topic] = msg.arrays
+                if n % render_every == 0:
+                    _render(render_path, latest, msg.stream_time_us)
+    if render_path is not None and latest:
+        _render(render_path, latest, None)
     if n == 0:
         raise click.ClickException(f"no message from {endpoint} within {timeout_s} s")
+
+
+def _render(path: Path, latest: dict[str, dict[str, np.ndarray]], t_us: int | None) -> None:
+    from augury.render import render_snapshot
+
+    try:
+        render_snapshot(path, latest, "" if t_us is None else f"stream time {t_us / 1e6:.3f} s")
+    except ValueError:  # only stats so far: nothing to draw yet
+        pass
 
 
 def message_line(msg: Message) -> str:
