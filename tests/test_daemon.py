@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,27 @@ from augury.daemon import build_daemon
 ENDPOINT_RE = re.compile(r"publishing on (tcp://127\.0\.0\.1:\d+); control on (\S+?)[;\s]")
 
 
+_SPAWNED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_daemons() -> Iterator[None]:
+    """Whatever a test asserts, no daemon it started outlives it."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
 def _spawn(*args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "augury.cli", "run", "--publish", "tcp://127.0.0.1:*", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
+    _SPAWNED.append(proc)
+    return proc
 
 
 def _endpoints(proc: subprocess.Popen[str], timeout_s: float = 120.0) -> tuple[str, str]:
