@@ -158,64 +158,47 @@ def _window_batches(chunks: Iterator[Chunk], batch_us: int) -> Iterator[EventBat
     """Cut validated chunks into consecutive [start, start + batch_us) windows.
 
     Windows tile time; a run of more than MAX_EMPTY_WINDOWS empty windows is merged into a
-    single empty batch (its span is then a multiple of batch_us).
+    single empty batch (its span is then a multiple of batch_us). A window is emitted once
+    the known sensor time (latest event or ``t_known_us``) reaches its end; at the end of
+    the stream, up to the window holding the last event.
     """
     seq = 0
     start: int | None = None
     pending: list[np.ndarray] = []
-    pending_counters = Counters()
-    for chunk in chunks:
-        pending_counters.add(chunk.counters)
-        ev = chunk.events
-        if start is None:
-            if ev.size:
-                start = (int(ev["t"][0]) // batch_us) * batch_us
-            elif chunk.t_known_us is not None:
-                start = (chunk.t_known_us // batch_us) * batch_us
-            else:
-                continue
-        if ev.size:
-            pending.append(ev)
-        known = int(ev["t"][-1]) if ev.size else None
-        if chunk.t_known_us is not None:
-            known = chunk.t_known_us if known is None else max(known, chunk.t_known_us)
-        if known is None:
-            continue
-        # emit every window that ends at or before the known time
+    counters = Counters()
+
+    def emit_until(known: int) -> Iterator[EventBatch]:
+        nonlocal seq, start, pending, counters
+        assert start is not None  # set before the first call (not input validation)
         while start + batch_us <= known:
             buf = concat_records(pending)
-            jump = _skip_empty_gap(buf, start, known, batch_us)
-            if jump > start:
-                yield EventBatch(buf[:0], start, jump, seq, pending_counters)
-                pending_counters = Counters()
-                seq += 1
-                start = jump
-                continue
-            end = start + batch_us
+            end = _skip_empty_gap(buf, start, known, batch_us)
+            if end == start:
+                end = start + batch_us
             cut = int(np.searchsorted(buf["t"], end, side="left"))
-            yield EventBatch(buf[:cut], start, end, seq, pending_counters)
-            pending_counters = Counters()
+            yield EventBatch(buf[:cut], start, end, seq, counters)
+            counters = Counters()
             seq += 1
             pending = [buf[cut:]] if cut < buf.size else []
             start = end
-    if start is None:
-        return
-    buf = concat_records(pending)
-    while buf.size:
-        jump = _skip_empty_gap(buf, start, int(buf["t"][0]), batch_us)
-        if jump > start:
-            yield EventBatch(buf[:0], start, jump, seq, pending_counters)
-            pending_counters = Counters()
-            seq += 1
-            start = jump
+
+    last_t: int | None = None
+    for chunk in chunks:
+        counters.add(chunk.counters)
+        ev = chunk.events
+        known = chunk.t_known_us
+        if ev.size:
+            pending.append(ev)
+            last_t = int(ev["t"][-1])
+            known = last_t if known is None else max(known, last_t)
+        if known is None:
             continue
-        end = start + batch_us
-        cut = int(np.searchsorted(buf["t"], end, side="left"))
-        yield EventBatch(buf[:cut], start, end, seq, pending_counters)
-        pending_counters = Counters()
-        seq += 1
-        buf = buf[cut:]
-        start = end
+        if start is None:
+            first = int(pending[0]["t"][0]) if pending else known
+            start = (first // batch_us) * batch_us
+        yield from emit_until(known)
+    if start is not None and last_t is not None:
+        yield from emit_until((last_t // batch_us + 1) * batch_us)
 
 
 def _count_batches(chunks: Iterator[Chunk], n: int) -> Iterator[EventBatch]:
