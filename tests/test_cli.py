@@ -94,3 +94,29 @@ def test_convert_refuses_unknown_output(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["convert", "synthetic://bars?duration_us=1000",
                                     str(tmp_path / "o.mp4")])
     assert res.exit_code != 0 and ".mp4" in res.output
+
+
+def test_record_with_duration_and_size_limits(tmp_path: Path) -> None:
+    scene = "synthetic://bars?duration_us=2000000&width=64&height=48"
+    out = tmp_path / "rec.raw"
+    res = CliRunner().invoke(main, ["record", scene, str(out), "--duration-s", "0.25"])
+    assert res.exit_code == 0, res.output
+    with open_source(scene) as src:
+        ev = src.read_all()
+    want = ev[ev["t"] < int(ev["t"][0]) + 250_000]
+    with open_source(out) as got_src:
+        got = got_src.read_all()
+        assert got_src.format == "EVT 3.0"
+        assert (got_src.geometry.width, got_src.geometry.height) == (64, 48)
+    for f in ("t", "x", "y", "p"):
+        np.testing.assert_array_equal(got[f], want[f])
+    small = tmp_path / "small.raw"
+    res = CliRunner().invoke(main, ["record", scene, str(small), "--max-mb", "0.05",
+                                    "--format", "evt2"])
+    assert res.exit_code == 0, res.output
+    size = small.stat().st_size
+    assert 50_000 <= size < 50_000 + 200_000  # stops at the first batch past the limit
+    with open_source(small) as s2:
+        part = s2.read_all()
+    assert 0 < part.size < ev.size
+    np.testing.assert_array_equal(part["t"], ev["t"][: part.size])

@@ -259,17 +259,17 @@ def instrument(daemon: Daemon) -> Probe:
 
     daemon.source.chunks = timed_chunks  # type: ignore[method-assign]
     net, pub = daemon.pipeline.network, daemon.publisher
-    step = net.step
+    advance = net.advance  # the pipeline advances every batch, reads out only to publish
 
-    def timed_step(batch: EventBatch) -> Any:
+    def timed_advance(batch: EventBatch) -> Any:
         t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         try:
-            return step(batch)
+            return advance(batch)
         finally:
             probe.step_cpu_ns.append(time.thread_time_ns() - c0)
             probe.step_ns.append(time.perf_counter_ns() - t0)
 
-    net.step = timed_step  # type: ignore[method-assign]
+    net.advance = timed_advance  # type: ignore[method-assign]
     net.readout = _timed(net.readout, probe.readout_ns.append)  # type: ignore[method-assign]
     publish = pub.publish
 
@@ -656,14 +656,17 @@ def table(res: dict[str, Any]) -> str:
         ("transit", "header wall_time_ns (encode) → received + decoded (time.time_ns)",
          lat["transit"]),
         ("in daemon: queue", "arrival at reader → engine took the batch", lat["queue"]),
-        ("in daemon: step", "Network.step: checks + numba kernel + read-out", lat["step"]),
-        ("in daemon: step off-CPU", "step wall time − engine thread CPU time (descheduled "
+        ("in daemon: advance", "Network.advance: checks + numba kernel (no read-out)",
+         lat["step"]),
+        ("in daemon: advance off-CPU", "advance wall time − engine thread CPU time (descheduled "
          "or waiting for the GIL)", lat["step_off_cpu"]),
-        ("in daemon: step, horizon", "Network.step of batches that run a horizon tick (every "
+        ("in daemon: advance, horizon", "Network.advance of batches that run a horizon tick (every "
          f"{lat['horizon_us'] / 1e3:g} ms: temporal learning, forecasts, surprise baseline)",
          lat["step_horizon"]),
-        ("in daemon: step, others", "Network.step of the other batches", lat["step_other"]),
-        ("in daemon: read-out", "Network.readout (NumPy), part of step", lat["readout"]),
+        ("in daemon: advance, others", "Network.advance of the other batches",
+         lat["step_other"]),
+        ("in daemon: read-out", "Network.readout (NumPy), before each publication",
+         lat["readout"]),
         ("in daemon: publish", "Publisher.publish of beliefs + prediction + surprise "
          "(encode + non-blocking send)", lat["publish"]),
         ("in daemon: stats", "Publisher.publish of stats (after the latency stamp)",
@@ -714,15 +717,14 @@ def where_time_goes(res: dict[str, Any]) -> str:
     lat, st = res["latency"], res["stages"]
     step, ro, pub, q = lat["step"], lat["readout"], lat["publish"], lat["queue"]
     e2e, tr, a = lat["e2e"][TOPIC_SURPRISE], lat["transit"], lat["pipeline"]
-    parts = [q["p50"], step["p50"], pub["p50"]]
+    parts = [q["p50"], step["p50"], ro["p50"], pub["p50"]]
     known = sum(v for v in parts if v is not None)
-    kernel = None if step["p50"] is None or ro["p50"] is None else step["p50"] - ro["p50"]
     return (
         f"Where the time goes (medians, in the daemon): a 1 ms batch holds "
         f"{st['events_per_batch']:.0f} events; it waits {_ms(q['p50'])} ms in the queue, "
-        f"`Network.step` takes {_ms(step['p50'])} ms — the NumPy read-out (beliefs, σ, "
-        f"predicted rate map and variance, surprise; computed at every step) "
-        f"{_ms(ro['p50'])} ms, the checks + numba kernel {_ms(kernel)} ms — and publishing "
+        f"`Network.advance` (checks + numba kernel) takes {_ms(step['p50'])} ms, the NumPy "
+        f"read-out (beliefs, σ, predicted rate map and variance, surprise; computed before "
+        f"each publication, here every batch) {_ms(ro['p50'])} ms, and publishing "
         f"the three read-out messages {_ms(pub['p50'])} ms; these sum to {known:.2f} ms "
         f"against the pipeline's own p50 of {_ms(a['p50'])} ms. Socket transit + decoding "
         f"adds {_ms(tr['p50'])} ms (end to end p50 {_ms(e2e['p50'])} ms; the subscriber "
