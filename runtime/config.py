@@ -23,9 +23,7 @@ TOML that loads to an equal Config.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import difflib
-import json
 import math
 import os
 import re
@@ -39,6 +37,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
+
+import tomli_w
 
 
 class ConfigError(ValueError):
@@ -322,69 +322,23 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key, value
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
-
-
-def _toml_str(s: str) -> str:
-    # JSON escapes ", \ and control characters as TOML does; keep non-ASCII as UTF-8
-    # (ensure_ascii would write surrogate pairs, which TOML rejects); TOML also escapes DEL
-    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return _toml_str(v)
-    if isinstance(v, (dt.datetime, dt.date, dt.time)):
-        return v.isoformat()
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{_toml_key(str(k))} = {_toml_value(x)}"
-                               for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write a {type(v).__name__} as TOML")
-
-
-def _toml_table(name: str, table: Mapping[str, Any], out: list[str]) -> None:
-    out.append(f"[{name}]")
-    subtables = []
-    for k, v in table.items():
-        if isinstance(v, Mapping):
-            subtables.append((k, v))
-        else:
-            out.append(f"{_toml_key(str(k))} = {_toml_value(v)}")
-    out.append("")
-    for k, v in subtables:
-        _toml_table(f"{name}.{_toml_key(str(k))}", v, out)
-
-
 def config_to_toml(cfg: Config) -> str:
-    """TOML text of ``cfg`` (unset values as comments) that ``load_config`` reads back equal."""
-    out: list[str] = []
+    """TOML text of ``cfg`` (unset values as comments) that ``load_config`` reads back equal.
+
+    Written by tomli-w (the standard writer for what tomllib reads), section by section so
+    that unset keys can be shown as comments.
+    """
+    parts: list[str] = []
     for name in _SECTION_ORDER:
         if name == "model":
-            _toml_table("model", cfg.model, out)
+            parts.append(tomli_w.dumps({"model": cfg.model}))
             continue
-        section = getattr(cfg, name)
-        out.append(f"[{name}]")
-        for f in dataclasses.fields(section):
-            v = getattr(section, f.name)
-            out.append(f"# {f.name} = (unset)" if v is None else f"{f.name} = {_toml_value(v)}")
-        out.append("")
-    return "\n".join(out)
+        values = {f.name: getattr(getattr(cfg, name), f.name)
+                  for f in dataclasses.fields(getattr(cfg, name))}
+        body = tomli_w.dumps({name: {k: v for k, v in values.items() if v is not None}})
+        parts.append(body + "".join(f"# {k} = (unset)\n" for k, v in values.items()
+                                    if v is None))
+    return "\n".join(parts)
 
 
 def write_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
