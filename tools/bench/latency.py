@@ -720,7 +720,7 @@ def where_time_goes(res: dict[str, Any]) -> str:
     parts = [q["p50"], step["p50"], ro["p50"], pub["p50"]]
     known = sum(v for v in parts if v is not None)
     return (
-        f"Where the time goes (medians, in the daemon): a 1 ms batch holds "
+        f"Where the time goes (medians, in the daemon): a {res['params'].batch_us} µs batch holds "
         f"{st['events_per_batch']:.0f} events; it waits {_ms(q['p50'])} ms in the queue, "
         f"`Network.advance` (checks + numba kernel) takes {_ms(step['p50'])} ms, the NumPy "
         f"read-out (beliefs, σ, predicted rate map and variance, surprise; computed before "
@@ -815,7 +815,8 @@ def docs_block(res: dict[str, Any], text: str, command: str) -> str:
         f"({inp.events:,} events) into a temporary EVT 2.0 file, replayed in real time × "
         f"{lat['speed']:.4f} → {lat['rate_ev_s'] / 1e6:.2f} Mev/s for {lat['wall_s']:.1f} s "
         f"in {lat['runs']} run(s){alternated}; "
-        f"batch_us 1000, a read-out (3 messages + stats) every 1 ms of stream time, "
+        f"batch_us {res['params'].batch_us}, a read-out (3 messages + stats) every "
+        f"{res['params'].publish_ms:g} ms of stream time, "
         f"{lat['published']} read-outs; daemon from `build_daemon` in-process, a "
         f"`Subscriber` in another thread on tcp loopback (missed {lat['subscriber_missed']}, "
         f"publisher drops {lat['publish_dropped']}, events dropped {lat['dropped_events']}). "
@@ -852,7 +853,7 @@ def write_docs(block: str, path: Path = DOC) -> None:
 def run(params: BenchParams) -> dict[str, Any]:
     """Every measurement of the benchmark, in a temporary directory."""
     res: dict[str, Any] = {"loadavg_before": [round(x, 2) for x in os.getloadavg()],
-                           "decoder_nogil": decoder_nogil()}
+                           "decoder_nogil": decoder_nogil(), "params": params}
     with tempfile.TemporaryDirectory(prefix="augury-latency-") as tmp:
         inp = write_input(Path(tmp), params)
         res["input"] = inp
@@ -870,6 +871,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="3 s latency run, fewer repeats, no small-chunk variant")
     ap.add_argument("--seconds", type=float, default=None,
                     help="wall time of the real-time latency run (s)")
+    ap.add_argument("--batch-us", type=int, default=None,
+                    help="source batch span in stream µs (default 1000)")
+    ap.add_argument("--publish-ms", type=float, default=None,
+                    help="stream time between read-outs in ms (default 1.0)")
     ap.add_argument("--write-docs", action="store_true",
                     help="replace the latency block of docs/performance.md with this run")
     args = ap.parse_args(argv)
@@ -880,6 +885,14 @@ def main(argv: list[str] | None = None) -> None:
         if not args.seconds > 0:
             sys.exit("--seconds must be > 0")
         params = dataclasses.replace(params, latency_s=args.seconds)
+    if args.batch_us is not None:
+        if not args.batch_us > 0:
+            sys.exit("--batch-us must be > 0")
+        params = dataclasses.replace(params, batch_us=args.batch_us)
+    if args.publish_ms is not None:
+        if not args.publish_ms > 0:
+            sys.exit("--publish-ms must be > 0")
+        params = dataclasses.replace(params, publish_ms=args.publish_ms)
     res = run(params)
     text = table(res)
     print(text)
@@ -887,7 +900,10 @@ def main(argv: list[str] | None = None) -> None:
     print(where_time_goes(res))
     if args.write_docs:
         command = "python -m tools.bench.latency" + (" --quick" if args.quick else "") + (
-            f" --seconds {args.seconds:g}" if args.seconds is not None else "") + " --write-docs"
+            f" --seconds {args.seconds:g}" if args.seconds is not None else "") + (
+            f" --batch-us {args.batch_us}" if args.batch_us is not None else "") + (
+            f" --publish-ms {args.publish_ms:g}" if args.publish_ms is not None else "") + (
+            " --write-docs")
         write_docs(docs_block(res, text, command))
     print(json.dumps(headline(res)))
 
