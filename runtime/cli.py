@@ -439,7 +439,8 @@ def demo(duration_s: float, scene: str, speed: float) -> None:
         raise click.ClickException(str(exc)) from exc
     endpoint = daemon.publisher.bound_endpoint
     click.echo(f"augury demo: {daemon.source.uri} ({daemon.source.geometry}), publishing on "
-               f"{endpoint}; in another terminal: augury run, then augury listen", err=True)
+               f"{endpoint} for {duration_s:g} s (as two programs: `augury run` and "
+               f"`augury listen`)", err=True)
     errors: list[BaseException] = []
 
     def engine() -> None:
