@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tools.experiments.model_loglik [--spec key=value ...]
+    python -m tools.experiments.model_loglik [--quick] [--write-docs] [--spec key=value ...]
 
 Streams: synthetic moving bars, and the real recordings that are not held out
 (DAVIS240C rotating disk, DVXplorer indoor, Prophesee EVT 2.0 busy scene, the looped
@@ -89,11 +89,42 @@ def evaluate(spec: ModelSpec, ev: np.ndarray, *, learn: bool = True) -> dict[str
     return out
 
 
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
+
+
+def write_results(results: dict[str, dict[str, float]], command: str) -> None:
+    """Replace the block between the loglik markers in docs/results.md with this table."""
+    begin, end = "<!-- loglik:begin -->", "<!-- loglik:end -->"
+    rows = "\n".join(
+        f"| {name} | {r['gain_vs_persistence']:+.3f} | {r['gain_vs_ema']:+.3f} | "
+        f"{r['untrained_gain_vs_ema']:+.3f} | {100 * r['coverage90']:.0f} % | "
+        f"{int(r['windows'])} | {int(r['events_scored']):,} |" for name, r in results.items())
+    block = (f"{begin}\nCommand: `{command}`\n\n| stream | gain vs persistence | gain vs EMA "
+             f"| untrained net vs EMA | 90 % interval coverage | windows | events scored |\n"
+             f"|---|---:|---:|---:|---:|---:|---:|\n{rows}\n\nGains in nats per scored event "
+             f"(next Δ window, Poisson log-likelihood); windows in the first third of each "
+             f"stream are not scored.\n{end}")
+    doc = RESULTS.read_text() if RESULTS.exists() else "# Results\n"
+    if begin in doc and end in doc:
+        head, _, rest = doc.partition(begin)
+        doc = head + block + rest.partition(end)[2]
+    else:
+        doc = (doc.rstrip() + "\n\n## Next-window prediction vs persistence and EMA\n\n"
+               + block + "\n")
+    RESULTS.write_text(doc)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", nargs="*", default=[], help="ModelSpec overrides key=value")
-    ap.add_argument("--streams", nargs="*", default=list(STREAMS))
+    ap.add_argument("--streams", nargs="*", default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="only the synthetic bars and the rotating disk (< 1 min)")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="write the table into docs/results.md")
     args = ap.parse_args(argv)
+    if args.streams is None:
+        args.streams = ["bars", "rotdisk"] if args.quick else list(STREAMS)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.spec)}
     results = {}
     for name in args.streams:
@@ -111,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
             "windows": learned["windows"],
         }
         print(name, {k: round(v, 4) for k, v in results[name].items()})
+    if args.write_docs:
+        cmd = "python -m tools.experiments.model_loglik" + (" --quick" if args.quick else "")
+        write_results(results, cmd + " --write-docs")
     print(json.dumps({k: {a: round(b, 4) for a, b in v.items()} for k, v in results.items()}))
 
 
