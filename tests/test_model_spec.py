@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from augury.events import EVENT_DTYPE, EventBatch, EventFormatError
 from augury.model.network import Network, column_to_map, map_to_column
 from augury.model.spec import ModelSpec
+from augury.model.state import init_scratch
 
 
 def test_from_dict_unknown_key_is_named() -> None:
@@ -54,6 +57,30 @@ def test_column_map_round_trip() -> None:
     m = np.random.default_rng(0).random(s.pooled_shape + (2,))
     back = column_to_map(s, map_to_column(s, m))
     np.testing.assert_array_equal(back, m)
+
+
+def test_scratch_tables_match_the_geometry() -> None:
+    """The kernels' lookup tables equal the integer-division formulas they replace, and the
+    decay table equals libm's exp bit for bit (odd sizes: partial columns and blocks)."""
+    s = ModelSpec(width=101, height=70, pool=4, column=3, k1=5, tick_us=700, learn_us=2_100,
+                  horizon_us=7_000)
+    sc = init_scratch(s)
+    rows1, cols1 = s.grid1
+    x, y = np.meshgrid(np.arange(s.width), np.arange(s.height))
+    px, py = x // s.pool, y // s.pool
+    j = sc.jy[y] + sc.jx[x]
+    np.testing.assert_array_equal(j, (py // s.column) * cols1 + px // s.column)
+    np.testing.assert_array_equal(sc.dy[y] + sc.dx[x],
+                                  ((py % s.column) * s.column + px % s.column) * 2)
+    cols2 = s.grid2[1]
+    for col in range(s.n1):
+        cy, cx = divmod(col, cols1)
+        assert sc.big1[col] == (cy // 2) * cols2 + cx // 2
+        assert sc.slot1[col] == ((cy % 2) * 2 + cx % 2) * s.k1
+        assert sc.kids[sc.big1[col], sc.slot1[col] // s.k1] == col
+    assert (sc.kids >= 0).sum() == s.n1  # every other quadrant is off the grid (−1)
+    assert sc.decay.shape == (s.tick_us + 1,)
+    assert all(sc.decay[dt] == math.exp(-dt / s.tau_us) for dt in range(s.tick_us + 1))
 
 
 def _batch(ev: np.ndarray, t0: int = 0, t1: int = 1000, seq: int = 0) -> EventBatch:

@@ -24,6 +24,17 @@ The kernels never allocate; they are compiled with NRT (reference counting) off 
 per-event helpers inlined at the Numba-IR level, because passing the 40-array state tuple
 through ordinary calls cost ~2 µs per event in reference-count traffic and struct copies
 (measured: 2.5 µs → 0.3 µs per event).
+
+Cheaper forms of the same arithmetic (every one leaves the state bit-identical; the parity
+tests compare against ``reference.py``): geometry comes from tables built once in
+``Scratch`` (pixel → column and channel, layer-1 → layer-2 column, layer-2 → children)
+instead of integer divisions per event and per spike; the decay factor exp(−Δt/τ) comes
+from a table over Δt ≤ tick_us filled with the same libm exp; the layer-2 thresholds
+θ_e √π2 are kept in ``sc.thr2`` like the layer-1 ones; the relaxation runs layer-2 block
+by block (``_relax_block``), which is the same computation because no spike leaves a
+block; the horizon tick reads neighbours' residuals from a zero-padded map of the pooled
+grid (``_to_map``) instead of recomputing neighbour indices; spike counters are summed in
+locals and added once per column step.
 """
 
 from __future__ import annotations
@@ -138,15 +149,26 @@ def _parent(p: Params, j: int) -> tuple[int, int]:
 
 
 @_inline
-def _decay(st: State, p: Params, j: int, t: int) -> None:
-    """z_j ← z_j · exp(−(t − t_j)/τ), closed form from the column's last update time."""
+def _decay(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
+    """z_j ← z_j · exp(−(t − t_j)/τ), closed form from the column's last update time.
+
+    An active column is decayed at every tick, so t − t_j ≤ tick_us and the factor comes
+    from the table ``sc.decay`` (filled with the same libm exp: bit-identical).
+    """
     z1 = st.z1
     tcol = st.tcol
     dt = t - tcol[j]
     if dt > 0:
-        f = math.exp(-dt / p.tau_us)
-        for d in range(p.d1):
-            z1[j, d] = qz(z1[j, d] * f, p.qs)
+        if dt < sc.decay.shape[0]:
+            f = sc.decay[dt]
+        else:
+            f = math.exp(-dt / p.tau_us)
+        if p.qs > 0.0:
+            for d in range(p.d1):
+                z1[j, d] = qz(z1[j, d] * f, p.qs)
+        else:
+            for d in range(p.d1):
+                z1[j, d] = z1[j, d] * f
         tcol[j] = t
 
 
@@ -159,12 +181,14 @@ def _curv1(st: State, sc: Scratch, p: Params, j: int) -> None:
         for k in range(p.k1):
             s += st.W1[w, d, k]
         sc.rs[d] = s
-    big, slot = _parent(p, j)
+    big = sc.big1[j]
+    slot = sc.slot1[j]
+    h1 = st.h1
     for k in range(p.k1):
-        h = p.pi_prior if p.layers == 1 else st.pi2[big, slot + k]
-        for d in range(p.d1):
-            h += st.pi1[j, d] * st.W1[w, d, k] * sc.rs[d]
-        st.h1[j, k] = h
+        h1[j, k] = p.pi_prior if p.layers == 1 else st.pi2[big, slot + k]
+    for d in range(p.d1):  # loops interchanged: each h_k still sums over d in order
+        for k in range(p.k1):
+            h1[j, k] += st.pi1[j, d] * st.W1[w, d, k] * sc.rs[d]
 
 
 @_kernel
@@ -186,23 +210,35 @@ def _curv2(st: State, sc: Scratch, p: Params, big: int) -> None:
 @_inline
 def _check2(st: State, sc: Scratch, p: Params, big: int, slot: int) -> None:
     """Sigma-delta layer-2 error unit: ε2 = π2 (μ̂1 − pred2); spike if it moved > θ_e."""
+    j = _child(p, big, slot)
+    x = st.mus1[j, slot % p.k1] if j >= 0 else 0.0
+    n = _check2x(st, sc, p, big, slot, j, x)
+    st.counters[C_UP] += n
+    st.counters[C_SYNOPS] += n * p.k2
+
+
+@_inline
+def _check2x(st: State, sc: Scratch, p: Params, big: int, slot: int, j: int,
+             x: float) -> int:
+    """``_check2`` with its input known: x = μ̂1 of child j (−1: off the grid, x = 0).
+
+    Returns 1 if the unit spiked (the caller counts it: counters stay out of the loops).
+    """
     eps2 = st.eps2
     u2 = st.u2
     W2 = st.W2
-    j = _child(p, big, slot)
-    x = st.mus1[j, slot % p.k1] if j >= 0 else 0.0
     e = qz(st.pi2[big, slot] * (x - st.pred2[big, slot]), p.qs)
     delta = e - eps2[big, slot]
-    if abs(delta) > p.theta_e * math.sqrt(st.pi2[big, slot]):
+    if abs(delta) > sc.thr2[big, slot]:
         eps2[big, slot] = e
         w = big if p.per_col else 0
         for k in range(p.k2):
             u2[big, k] = qz(u2[big, k] + W2[w, slot, k] * delta, p.qs)
-        st.counters[C_UP] += 1
-        st.counters[C_SYNOPS] += p.k2
         st.busy2[big] = 1
         if j >= 0:
             st.busy1[j] = 1  # the child's own-error input changed
+        return 1
+    return 0
 
 
 @_inline
@@ -265,7 +301,8 @@ def _relax1(st: State, sc: Scratch, p: Params, j: int) -> None:
     h1 = st.h1
     eps2 = st.eps2
     xhat1 = st.xhat1
-    big, slot = _parent(p, j)
+    big = sc.big1[j]
+    slot = sc.slot1[j]
     moved = 0.0
     for k in range(p.k1):
         if p.layers == 1:
@@ -279,6 +316,8 @@ def _relax1(st: State, sc: Scratch, p: Params, j: int) -> None:
     st.busy1[j] = 1 if moved >= p.settle else 0
     w = j if p.per_col else 0
     W1T = sc.W1T
+    nd = 0
+    nu = 0
     for k in range(p.k1):
         delta = mu1[j, k] - mus1[j, k]
         if abs(delta) > p.theta_mu:
@@ -289,11 +328,14 @@ def _relax1(st: State, sc: Scratch, p: Params, j: int) -> None:
             else:
                 for d in range(p.d1):
                     xhat1[j, d] = xhat1[j, d] + W1T[w, k, d] * delta
-            st.counters[C_DOWN] += 1
-            sc.xdirty[j] = 1
-            st.counters[C_SYNOPS] += p.d1
+            nd += 1
             if p.layers == 2:
-                _check2(st, sc, p, big, slot + k)
+                nu += _check2x(st, sc, p, big, slot + k, j, mus1[j, k])
+    if nd:
+        sc.xdirty[j] = 1
+        st.counters[C_DOWN] += nd
+        st.counters[C_UP] += nu
+        st.counters[C_SYNOPS] += nd * p.d1 + nu * p.k2
 
 
 @_inline
@@ -313,19 +355,58 @@ def _relax2(st: State, sc: Scratch, p: Params, big: int) -> None:
         mu2[big, k] = m
     st.busy2[big] = 1 if moved >= p.settle else 0
     w = big if p.per_col else 0
-    spiked = False
+    nd = 0
     for k in range(p.k2):
         delta = mu2[big, k] - mus2[big, k]
         if abs(delta) > p.theta_mu:
             mus2[big, k] = mu2[big, k]
             for s in range(p.d2):
                 pred2[big, s] = qz(pred2[big, s] + W2[w, s, k] * delta, p.qs)
-            st.counters[C_DOWN] += 1
-            st.counters[C_SYNOPS] += p.d2
-            spiked = True
-    if spiked:
-        for s in range(p.d2):
-            _check2(st, sc, p, big, s)
+            nd += 1
+    if nd:
+        nu = 0
+        for quad in range(4):
+            j = sc.kids[big, quad]
+            for k in range(p.k1):
+                x = st.mus1[j, k] if j >= 0 else 0.0
+                nu += _check2x(st, sc, p, big, quad * p.k1 + k, j, x)
+        st.counters[C_DOWN] += nd
+        st.counters[C_UP] += nu
+        st.counters[C_SYNOPS] += nd * p.d2 + nu * p.k2
+
+
+@_inline
+def _relax_column(st: State, sc: Scratch, p: Params, j: int, step: int) -> None:
+    """Relaxation step ``step`` of busy column j: re-sweep its errors if x̂ moved, then step."""
+    if step > 0 and sc.xdirty[j]:  # else z and x̂ are unchanged: a no-op
+        _sweep1(st, sc, p, j)
+    sc.xdirty[j] = 0
+    _relax1(st, sc, p, j)
+
+
+@_kernel
+def _relax_block(st: State, sc: Scratch, p: Params, big: int) -> None:
+    """The relax_steps steps of layer-2 column ``big`` and its ≤ 4 children, block by block.
+
+    Within a step, children (in increasing column index) go before their parent, as in a
+    sweep over the whole grid: every spike of the relaxation stays inside one such block
+    (children only feed their own parent, which only feeds back its children), so running
+    the blocks one after another gives the same state bit for bit as running each step
+    over the whole grid, while the block's arrays stay in cache for all its steps.
+    """
+    kids = sc.kids
+    for step in range(p.relax_steps):
+        any_busy = False
+        for quad in range(4):
+            j = kids[big, quad]
+            if j >= 0 and st.active[j] and st.busy1[j]:
+                any_busy = True
+                _relax_column(st, sc, p, j, step)
+        if st.busy2[big]:
+            any_busy = True
+            _relax2(st, sc, p, big)
+        if not any_busy:
+            break
 
 
 @_kernel
@@ -344,15 +425,11 @@ def _activate(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
 @_inline
 def _event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -> None:
     """Process one input event at t µs, pixel (x, y), polarity pol."""
-    px = x // p.pool
-    py = y // p.pool
-    cx = px // p.column
-    cy = py // p.column
-    j = cy * p.ncx + cx
-    d = ((py % p.column) * p.column + px % p.column) * 2 + pol
+    j = sc.jy[y] + sc.jx[x]
+    d = sc.dy[y] + sc.dx[x] + pol
     if st.active[j] == 0:
         _activate(st, sc, p, j, t)
-    _decay(st, p, j, t)
+    _decay(st, sc, p, j, t)
     st.z1[j, d] = qz(st.z1[j, d] + 1.0, p.qs)
     _check1(st, sc, p, j, d)
 
@@ -406,6 +483,7 @@ def _learn(st: State, sc: Scratch, p: Params) -> None:
                 e = x - st.pred2[big, s]
                 st.v2[big, s] = qz((1.0 - a) * st.v2[big, s] + a * e * e, p.qs)
                 st.pi2[big, s] = qz(_clip_pi(st.v2[big, s], p), p.qs)
+                sc.thr2[big, s] = p.theta_e * math.sqrt(st.pi2[big, s])
     # W1: post = error unit ε_jd (fresh), pre = sent belief μ̂_jk
     sc.G1[:, :] = 0.0
     sc.I1[:, :] = 0.0
@@ -462,16 +540,27 @@ def _refresh(st: State, sc: Scratch, p: Params) -> None:
         if st.active[j] == 0:
             continue
         w = j if p.per_col else 0
+        # loops interchanged so that the inner one runs over contiguous memory; every sum
+        # is still accumulated in the same order (x̂_d over k, u_k over d), bit for bit
+        xhat1 = st.xhat1
+        u1 = st.u1
         for d in range(p.d1):
-            s = 0.0
-            for k in range(p.k1):
-                s += st.W1[w, d, k] * st.mus1[j, k]
-            st.xhat1[j, d] = qz(s, p.qs)
+            xhat1[j, d] = 0.0
         for k in range(p.k1):
-            s = 0.0
+            m = st.mus1[j, k]
             for d in range(p.d1):
-                s += st.W1[w, d, k] * st.eps1[j, d]
-            st.u1[j, k] = qz(s, p.qs)
+                xhat1[j, d] += sc.W1T[w, k, d] * m
+        for k in range(p.k1):
+            u1[j, k] = 0.0
+        for d in range(p.d1):
+            e = st.eps1[j, d]
+            for k in range(p.k1):
+                u1[j, k] += st.W1[w, d, k] * e
+        if p.qs > 0.0:
+            for d in range(p.d1):
+                xhat1[j, d] = qz(xhat1[j, d], p.qs)
+            for k in range(p.k1):
+                u1[j, k] = qz(u1[j, k], p.qs)
         _curv1(st, sc, p, j)
         st.busy1[j] = 1
     if p.layers == 2:
@@ -532,53 +621,68 @@ def _learn_temporal(st: State, sc: Scratch, p: Params) -> None:
         _bayes_update(st.A, st.SA, sc.GA, sc.IA, 0, p.a_q, 0.0, p.w_max, p.qs)
 
 
-@_inline
-def _nbr(p: Params, j: int, d: int, o: int) -> tuple[int, int]:
-    """Channel (column, index) of neighbour o (0..7: the 3×3 cells round d's, row-major
-    without the centre, same polarity) in the padded pooled grid, or (−1, 0) off the grid."""
+@_kernel
+def _to_map(emap: np.ndarray, p: Params, a: np.ndarray, b: np.ndarray) -> None:
+    """emap[1 + py, 1 + px, pol] = a − b of every channel on the pooled grid (ncy·c, ncx·c).
+
+    The one-cell border of ``emap`` stays 0, so the 8 neighbours of any channel are read
+    without bounds checks or divisions (off-grid neighbours contribute R_o · 0).
+    """
     c = p.column
-    oo = o if o < 4 else o + 1
-    cell = d // 2
-    py = (j // p.ncx) * c + cell // c + oo // 3 - 1
-    px = (j % p.ncx) * c + cell % c + oo % 3 - 1
-    if py < 0 or px < 0 or py >= p.ncy * c or px >= p.ncx * c:
-        return -1, 0
-    return (py // c) * p.ncx + px // c, ((py % c) * c + px % c) * 2 + d % 2
+    for j in range(a.shape[0]):
+        y0 = (j // p.ncx) * c + 1
+        x0 = (j % p.ncx) * c + 1
+        for r in range(c):
+            for cc in range(c):
+                for pol in range(2):
+                    d = (r * c + cc) * 2 + pol
+                    emap[y0 + r, x0 + cc, pol] = a[j, d] - b[j, d]
 
 
 @_kernel
 def _learn_residual(st: State, sc: Scratch, p: Params) -> None:
     """Error units predict their own residual one horizon ahead from theirs and 8 neighbours':
 
-    e_c(T) ≈ ρ_c e_c(T − Δ) + Σ_o R_o e_{c+o}(T − Δ)   (ρ per channel, R shared).
+    e_c(T) ≈ ρ_c e_c(T − Δ) + Σ_o R_o e_{c+o}(T − Δ)   (ρ per channel, R shared; o runs over
+    the 3×3 cells round c row-major without the centre, same polarity).
     Bayesian synapse with majorized information π |x_i| Σ_l |x_l| on every input x_i.
     """
     sc.GR[:, :] = 0.0
     sc.IR[:, :] = 0.0
+    emap = sc.emap
+    _to_map(emap, p, st.eprev, sc.zero1)
+    c = p.column
     for j in range(st.active.shape[0]):
         if st.active[j] == 0:
             continue
-        for d in range(p.d1):
-            pol = d % 2
-            ep = st.eprev[j, d]
-            pred = st.rho[j, d] * ep
-            asum = abs(ep)
-            for o in range(8):
-                j2, d2 = _nbr(p, j, d, o)
-                x = st.eprev[j2, d2] if j2 >= 0 else 0.0
-                pred += st.R[0, pol, o] * x
-                asum += abs(x)
-            err = (st.z1[j, d] - st.xhat1[j, d]) - pred
-            pi = _clip_pi(st.vF[j, d], p)
-            s2 = 1.0 / (1.0 / (st.srho[j, d] + p.q) + pi * abs(ep) * asum)
-            st.srho[j, d] = qz(s2, p.qs)
-            r = st.rho[j, d] + s2 * pi * err * ep
-            st.rho[j, d] = qz(min(max(r, 0.0), 1.0), p.qs)
-            for o in range(8):
-                j2, d2 = _nbr(p, j, d, o)
-                x = st.eprev[j2, d2] if j2 >= 0 else 0.0
-                sc.GR[pol, o] += pi * err * x
-                sc.IR[pol, o] += pi * abs(x) * asum
+        y0 = (j // p.ncx) * c + 1
+        x0 = (j % p.ncx) * c + 1
+        for r in range(c):
+            for cc in range(c):
+                for pol in range(2):
+                    d = (r * c + cc) * 2 + pol
+                    py = y0 + r
+                    px = x0 + cc
+                    ep = st.eprev[j, d]
+                    pred = st.rho[j, d] * ep
+                    asum = abs(ep)
+                    for oo in range(9):
+                        if oo != 4:
+                            x = emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
+                            pred += st.R[0, pol, (oo - 1 if oo > 4 else oo)] * x
+                            asum += abs(x)
+                    err = (st.z1[j, d] - st.xhat1[j, d]) - pred
+                    pi = _clip_pi(st.vF[j, d], p)
+                    s2 = 1.0 / (1.0 / (st.srho[j, d] + p.q) + pi * abs(ep) * asum)
+                    st.srho[j, d] = qz(s2, p.qs)
+                    rr = st.rho[j, d] + s2 * pi * err * ep
+                    st.rho[j, d] = qz(min(max(rr, 0.0), 1.0), p.qs)
+                    for oo in range(9):
+                        if oo != 4:
+                            x = emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
+                            o = (oo - 1 if oo > 4 else oo)
+                            sc.GR[pol, o] += pi * err * x
+                            sc.IR[pol, o] += pi * abs(x) * asum
     _bayes_update(st.R, st.SR, sc.GR, sc.IR, 0, p.q, 0.0, 1.0, p.qs)
 
 
@@ -586,7 +690,8 @@ def _learn_residual(st: State, sc: Scratch, p: Params) -> None:
 def _forecast(st: State, sc: Scratch, p: Params, j: int) -> None:
     """fprev_j ← x̂_{T+Δ} = max(0, W1 μ1' + ρ ⊙ e + Σ_o R_o e_{·+o}), e = z − x̂, column j.
 
-    μ1' = A μ1 (one layer) or max(0, μ1 + W2 (A μ2 − μ2)) (two layers).
+    μ1' = A μ1 (one layer) or max(0, μ1 + W2 (A μ2 − μ2)) (two layers); the neighbours'
+    e are read from ``sc.emap`` (filled by ``_to_map`` at this horizon tick).
     """
     w1 = j if p.per_col else 0
     if p.layers == 1:
@@ -597,7 +702,8 @@ def _forecast(st: State, sc: Scratch, p: Params, j: int) -> None:
                 acc += st.A[wa, k, l] * st.mu1[j, l]
             sc.m1[k] = acc
     else:
-        big, slot = _parent(p, j)
+        big = sc.big1[j]
+        slot = sc.slot1[j]
         wa = big if p.per_col else 0
         w2 = big if p.per_col else 0
         for k in range(p.k2):
@@ -610,16 +716,23 @@ def _forecast(st: State, sc: Scratch, p: Params, j: int) -> None:
             for l in range(p.k2):
                 acc += st.W2[w2, slot + k, l] * sc.m2[l]
             sc.m1[k] = max(st.mu1[j, k] + acc, 0.0)
-    for d in range(p.d1):
-        acc = 0.0
-        for k in range(p.k1):
-            acc += st.W1[w1, d, k] * sc.m1[k]
-        acc += st.rho[j, d] * (st.z1[j, d] - st.xhat1[j, d])
-        for o in range(8):
-            j2, d2 = _nbr(p, j, d, o)
-            if j2 >= 0:
-                acc += st.R[0, d % 2, o] * (st.z1[j2, d2] - st.xhat1[j2, d2])
-        st.fprev[j, d] = qz(max(acc, 0.0), p.qs)
+    c = p.column
+    emap = sc.emap
+    y0 = (j // p.ncx) * c + 1
+    x0 = (j % p.ncx) * c + 1
+    for r in range(c):
+        for cc in range(c):
+            for pol in range(2):
+                d = (r * c + cc) * 2 + pol
+                acc = 0.0
+                for k in range(p.k1):
+                    acc += st.W1[w1, d, k] * sc.m1[k]
+                acc += st.rho[j, d] * (st.z1[j, d] - st.xhat1[j, d])
+                for oo in range(9):
+                    if oo != 4:
+                        acc += st.R[0, pol, (oo - 1 if oo > 4 else oo)] * emap[y0 + r + oo // 3 - 1,
+                                                                   x0 + cc + oo % 3 - 1, pol]
+                st.fprev[j, d] = qz(max(acc, 0.0), p.qs)
 
 
 @_kernel
@@ -687,19 +800,19 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     n1 = st.active.shape[0]
     for j in range(n1):
         if st.active[j]:
-            _decay(st, p, j, tt)
+            _decay(st, sc, p, j, tt)
             _sweep1(st, sc, p, j)
-    for step in range(p.relax_steps):
+    if p.layers == 2:
+        for big in range(st.nact2.shape[0]):
+            if st.nact2[big]:
+                _relax_block(st, sc, p, big)
+    else:
         for j in range(n1):
-            if st.active[j] and st.busy1[j]:
-                if step > 0 and sc.xdirty[j]:  # else z and x̂ are unchanged: a no-op
-                    _sweep1(st, sc, p, j)
-                sc.xdirty[j] = 0
-                _relax1(st, sc, p, j)
-        if p.layers == 2:
-            for big in range(st.nact2.shape[0]):
-                if st.nact2[big] and st.busy2[big]:
-                    _relax2(st, sc, p, big)
+            if st.active[j]:
+                for step in range(p.relax_steps):
+                    if not st.busy1[j]:
+                        break
+                    _relax_column(st, sc, p, j, step)
     if learn and tt % p.learn_us == 0:
         _learn(st, sc, p)
         _refresh(st, sc, p)
@@ -719,6 +832,7 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
         for c in range(mu.shape[0]):
             for k in range(mu.shape[1]):
                 st.muprev[c, k] = mu[c, k]
+        _to_map(sc.emap, p, st.z1, st.xhat1)
         for j in range(n1):
             if st.active[j]:
                 for d in range(p.d1):
@@ -755,6 +869,9 @@ def _thresholds(st: State, sc: Scratch, p: Params) -> None:
     for j in range(st.pi1.shape[0]):
         for d in range(st.pi1.shape[1]):
             sc.thr1[j, d] = p.theta_e * st.gain1[j] * math.sqrt(st.pi1[j, d])
+    for big in range(st.pi2.shape[0]):
+        for s in range(st.pi2.shape[1]):
+            sc.thr2[big, s] = p.theta_e * math.sqrt(st.pi2[big, s])
 
 
 @_kernel

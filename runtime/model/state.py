@@ -28,6 +28,7 @@ spikes_down, synops, ticks]; baseline: [mean, variance] of the surprise at horiz
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -87,7 +88,11 @@ class State(NamedTuple):
 
 
 class Scratch(NamedTuple):
-    """Per-tick accumulators (zeroed before use, not part of the saved state)."""
+    """Per-tick accumulators and lookup tables (rebuilt by ``init_scratch``, never saved).
+
+    The tables depend on the spec only (geometry, τ, tick_us); thr1, thr2 and W1T are
+    recomputed from the state at the start of every ``run_batch``.
+    """
 
     G1: np.ndarray
     I1: np.ndarray
@@ -103,6 +108,17 @@ class Scratch(NamedTuple):
     thr1: np.ndarray  # θ_e √π1, the error units' thresholds, (n1, D1)
     GR: np.ndarray  # lateral residual weight accumulators, (2, 8)
     IR: np.ndarray
+    thr2: np.ndarray  # θ_e √π2, the layer-2 error units' thresholds, (n2, D2)
+    emap: np.ndarray  # residuals on the zero-padded pooled grid, (rows1·c + 2, cols1·c + 2, 2)
+    zero1: np.ndarray  # zeros, (n1, D1)
+    decay: np.ndarray  # decay[dt] = exp(−dt/τ) for dt = 0 .. min(tick_us, 65536) µs
+    jx: np.ndarray  # column index of pixel x (its part cx), (width,)
+    jy: np.ndarray  # column index part of pixel y (cy · ncx), (height,)
+    dx: np.ndarray  # channel index part of pixel x (2 · (px % column)), (width,)
+    dy: np.ndarray  # channel index part of pixel y (2 · column · (py % column)), (height,)
+    big1: np.ndarray  # layer-2 column above each layer-1 column, (n1,)
+    slot1: np.ndarray  # its first input slot there, (n1,)
+    kids: np.ndarray  # the 4 layer-1 columns under each layer-2 column (−1 off the grid), (n2, 4)
 
 
 LEARNED = ("W1", "S1", "W2", "S2", "A", "SA", "v1", "pi1", "v2", "pi2", "vA", "rho", "srho",
@@ -156,8 +172,15 @@ def init_state(spec: ModelSpec) -> State:
 
 
 def init_scratch(spec: ModelSpec) -> Scratch:
+    """Zeroed accumulators plus the geometry tables the kernels index instead of dividing."""
     nt, kt = top_shape(spec)
     f8 = np.float64
+    r1, c1 = spec.grid1
+    _, c2 = spec.grid2
+    c = spec.column
+    px = np.arange(spec.width) // spec.pool
+    py = np.arange(spec.height) // spec.pool
+    cy, cx = np.divmod(np.arange(spec.n1), c1)
     return Scratch(
         G1=np.zeros((spec.d1, spec.k1), f8), I1=np.zeros((spec.d1, spec.k1), f8),
         G2=np.zeros((spec.d2, spec.k2), f8), I2=np.zeros((spec.d2, spec.k2), f8),
@@ -167,7 +190,28 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         xdirty=np.zeros(spec.n1, np.uint8), thr1=np.zeros((spec.n1, spec.d1), f8),
         W1T=np.zeros((spec.n1 if spec.per_column_weights else 1, spec.k1, spec.d1), f8),
         GR=np.zeros((2, 8), f8), IR=np.zeros((2, 8), f8),
+        thr2=np.zeros((spec.n2, spec.d2), f8),
+        emap=np.zeros((r1 * c + 2, c1 * c + 2, 2), f8), zero1=np.zeros((spec.n1, spec.d1), f8),
+        # math.exp (libm), as the kernels and reference.py call it: the table is bit-identical
+        decay=np.array([math.exp(-dt / float(spec.tau_us))
+                        for dt in range(min(spec.tick_us, 65_536) + 1)], f8),
+        jx=(px // c).astype(np.int64), jy=((py // c) * c1).astype(np.int64),
+        dx=(2 * (px % c)).astype(np.int64), dy=(2 * c * (py % c)).astype(np.int64),
+        big1=((cy // 2) * c2 + cx // 2).astype(np.int64),
+        slot1=(((cy % 2) * 2 + cx % 2) * spec.k1).astype(np.int64),
+        kids=_kids(spec),
     )
+
+
+def _kids(spec: ModelSpec) -> np.ndarray:
+    """(n2, 4): layer-1 column of each quadrant (row-major 2 × 2) of every layer-2 column."""
+    r1, c1 = spec.grid1
+    r2, c2 = spec.grid2
+    by, bx = np.divmod(np.arange(r2 * c2), c2)
+    qy, qx = np.divmod(np.arange(4), 2)
+    cy = 2 * by[:, None] + qy[None, :]
+    cx = 2 * bx[:, None] + qx[None, :]
+    return np.where((cy < r1) & (cx < c1), cy * c1 + cx, -1).astype(np.int64)
 
 
 def state_to_dict(st: State) -> dict[str, np.ndarray]:

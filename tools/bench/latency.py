@@ -665,7 +665,7 @@ def table(res: dict[str, Any]) -> str:
          lat["step_horizon"]),
         ("in daemon: advance, others", "Network.advance of the other batches",
          lat["step_other"]),
-        ("in daemon: read-out", "Network.readout (NumPy), before each publication",
+        ("in daemon: read-out", "Network.readout (numba), before each publication",
          lat["readout"]),
         ("in daemon: publish", "Publisher.publish of beliefs + prediction + surprise "
          "(encode + non-blocking send)", lat["publish"]),
@@ -722,7 +722,7 @@ def where_time_goes(res: dict[str, Any]) -> str:
     return (
         f"Where the time goes (medians, in the daemon): a {res['params'].batch_us} µs batch holds "
         f"{st['events_per_batch']:.0f} events; it waits {_ms(q['p50'])} ms in the queue, "
-        f"`Network.advance` (checks + numba kernel) takes {_ms(step['p50'])} ms, the NumPy "
+        f"`Network.advance` (checks + numba kernel) takes {_ms(step['p50'])} ms, the numba "
         f"read-out (beliefs, σ, predicted rate map and variance, surprise; computed before "
         f"each publication, here every batch) {_ms(ro['p50'])} ms, and publishing "
         f"the three read-out messages {_ms(pub['p50'])} ms; these sum to {known:.2f} ms "
