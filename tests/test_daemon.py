@@ -53,7 +53,7 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     return proc
 
 
-def _endpoints(proc: subprocess.Popen[str], timeout_s: float = 120.0) -> tuple[str, str]:
+def _endpoints(proc: subprocess.Popen[str], timeout_s: float = 300.0) -> tuple[str, str]:
     """Read the daemon's log until it says where it publishes (bounded wait)."""
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout_s
