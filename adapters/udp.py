@@ -342,6 +342,16 @@ def _augury_kernel(buf, offs, lens, max_datagram, out, meta):
 
 
 @njit(cache=True, nogil=True)
+def _record_datagram_status(n: int, max_datagram: int, rec: int) -> int:
+    """Status of a datagram of n bytes made of whole ``rec``-byte records (spif, faery)."""
+    if n > max_datagram:
+        return _OVERSIZE
+    if n == 0 or n % rec != 0:
+        return _BAD_LENGTH
+    return _OK
+
+
+@njit(cache=True, nogil=True)
 def _spif_kernel(buf, offs, lens, arrival_us, max_datagram, timestamps, out, status,
                  state):
     """Decode SPIF words (with u32 timestamp words if ``timestamps``) into out.
@@ -355,12 +365,8 @@ def _spif_kernel(buf, offs, lens, arrival_us, max_datagram, timestamps, out, sta
     for k in range(offs.shape[0]):
         o = offs[k]
         n = lens[k]
-        status[k] = _OK
-        if n > max_datagram:
-            status[k] = _OVERSIZE
-            continue
-        if n == 0 or n % rec != 0:
-            status[k] = _BAD_LENGTH
+        status[k] = _record_datagram_status(n, max_datagram, rec)
+        if status[k] != _OK:
             continue
         for j in range(n // rec):
             p = o + j * rec
@@ -395,12 +401,8 @@ def _faery_kernel(buf, offs, lens, max_datagram, t32, out, status, state):
     for k in range(offs.shape[0]):
         o = offs[k]
         n = lens[k]
-        status[k] = _OK
-        if n > max_datagram:
-            status[k] = _OVERSIZE
-            continue
-        if n == 0 or n % rec != 0:
-            status[k] = _BAD_LENGTH
+        status[k] = _record_datagram_status(n, max_datagram, rec)
+        if status[k] != _OK:
             continue
         for j in range(n // rec):
             p = o + j * rec

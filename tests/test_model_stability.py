@@ -56,27 +56,24 @@ def test_pure_noise_stays_bounded(n_events: int) -> None:
     assert net.state.counters[0] == ev.size
 
 
-def test_looped_real_recording_stays_bounded() -> None:
+def _run_looped_real(n_events: int, batch_us: int) -> None:
+    """The real EVT 3.0 burst looped to n_events through a 1280×720 network; checks bounds."""
     ev0 = real_events("evt3_sample")
     if ev0 is None:
         pytest.skip("shared data directory ../shared/data is absent")
-    ev = _looped(ev0, 1_000_000)
-    t1 = int(ev["t"][-1]) + 1
+    ev = _looped(ev0, n_events)
     net = Network(ModelSpec(width=1280, height=720))
-    _run(net, ev, t1, 5_000)
+    _run(net, ev, int(ev["t"][-1]) + 1, batch_us)
     _check_bounds(net)
+
+
+def test_looped_real_recording_stays_bounded() -> None:
+    _run_looped_real(1_000_000, 5_000)
 
 
 @pytest.mark.slow
 def test_ten_million_events_stay_bounded() -> None:
-    ev0 = real_events("evt3_sample")
-    if ev0 is None:
-        pytest.skip("shared data directory ../shared/data is absent")
-    ev = _looped(ev0, 10_000_000)
-    t1 = int(ev["t"][-1]) + 1
-    net = Network(ModelSpec(width=1280, height=720))
-    _run(net, ev, t1, 10_000)
-    _check_bounds(net)
+    _run_looped_real(10_000_000, 10_000)
     noisy = noise(640, 480, 2_000_000, 10e6 / (640 * 480 * 2.0), seed=9)
     net2 = Network(ModelSpec(width=640, height=480))
     _run(net2, noisy, 2_000_000, 10_000)
