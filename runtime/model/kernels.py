@@ -5,8 +5,11 @@ Everything here is a module-level ``@njit(cache=True)`` function (``_kernel``) o
 equations in plain NumPy, and docs/model.md derives them. Per input event (t µs, pooled
 channel d of column j) only the trace and that channel's error unit are touched:
 
-    z_j ← z_j · exp(−(t − t_j)/τ);  z_jd ← z_jd + 1                        (lazy leaky trace)
-    ε = π_jd (z_jd − x̂_jd);  if |ε − ε̂_jd| > θ_e √π_jd:  u_j += W[d,:] (ε − ε̂_jd), ε̂_jd = ε
+    z_jd ← z_jd + e^{(t − t_j)/τ}     (traces anchored at t_j, the column's last tick: lazy)
+    ε = π_jd (z_jd e^{−(t − t_j)/τ} − x̂_jd);
+    if |ε − ε̂_jd| > θ_e √π_jd:  u_j += W[d,:] (ε − ε̂_jd), ε̂_jd = ε
+
+(the whole column is decayed, z_j ← z_j e^{−(T − t_j)/τ}, t_j ← T, only at its ticks T)
 
 At absolute stream times T = m · tick_us (a tick runs after every event with t < T and
 before every event with t ≥ T, so any split of a stream into batches gives the same
@@ -242,9 +245,10 @@ def _check2x(st: State, sc: Scratch, p: Params, big: int, slot: int, j: int,
 
 
 @_inline
-def _check1(st: State, sc: Scratch, p: Params, j: int, d: int) -> None:
-    """Sigma-delta error unit d of column j: ε = π (z − x̂); spike if it moved > θ_e."""
-    e = qz(st.pi1[j, d] * (st.z1[j, d] - st.xhat1[j, d]), p.qs)
+def _check1(st: State, sc: Scratch, p: Params, j: int, d: int, z: float) -> None:
+    """Sigma-delta error unit d of column j with its trace now z: ε = π (z − x̂); spike if it
+    moved > θ_e √π."""
+    e = qz(st.pi1[j, d] * (z - st.xhat1[j, d]), p.qs)
     delta = e - st.eps1[j, d]
     if abs(delta) > sc.thr1[j, d]:
         st.eps1[j, d] = e
@@ -424,14 +428,26 @@ def _activate(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
 
 @_inline
 def _event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -> None:
-    """Process one input event at t µs, pixel (x, y), polarity pol."""
+    """Process one input event at t µs, pixel (x, y), polarity pol.
+
+    The column's traces stay anchored at t_j (its last tick, or its activation): only the
+    event's own channel is touched, z_jd ← z_jd + e^{(t − t_j)/τ}, and its error unit reads
+    the decayed value z_jd e^{−(t − t_j)/τ}. O(1) per event instead of O(D1).
+    """
     j = sc.jy[y] + sc.jx[x]
     d = sc.dy[y] + sc.dx[x] + pol
     if st.active[j] == 0:
         _activate(st, sc, p, j, t)
-    _decay(st, sc, p, j, t)
-    st.z1[j, d] = qz(st.z1[j, d] + 1.0, p.qs)
-    _check1(st, sc, p, j, d)
+    dt = t - st.tcol[j]
+    if dt < sc.decay.shape[0]:
+        g = sc.grow[dt]
+        f = sc.decay[dt]
+    else:  # not reached while the column is swept every tick (dt < tick_us)
+        g = math.exp(dt / p.tau_us)
+        f = math.exp(-dt / p.tau_us)
+    zs = qz(st.z1[j, d] + g, p.qs)
+    st.z1[j, d] = zs
+    _check1(st, sc, p, j, d, qz(zs * f, p.qs))
 
 
 @_kernel

@@ -189,9 +189,13 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -
             st.nact2[big] += 1
             curv2(st, p, big)
         curv1(st, p, j)
-    decay(st, p, j, t)
-    st.z1[j, d] = q(st.z1[j, d] + 1.0, p.qs)
-    e = q(st.pi1[j, d] * (st.z1[j, d] - st.xhat1[j, d]), p.qs)
+    # traces stay anchored at tcol (the last tick): the event adds e^{(t − t_j)/τ} to its
+    # own channel and the error unit reads that channel decayed to t; z_j(t) is the same
+    # as decaying the whole column to t and adding 1, up to rounding
+    dt = t - int(st.tcol[j])
+    st.z1[j, d] = q(st.z1[j, d] + math.exp(dt / p.tau_us), p.qs)
+    z = q(st.z1[j, d] * math.exp(-dt / p.tau_us), p.qs)
+    e = q(st.pi1[j, d] * (z - st.xhat1[j, d]), p.qs)
     delta = e - st.eps1[j, d]
     if abs(delta) > p.theta_e * st.gain1[j] * math.sqrt(st.pi1[j, d]):  # beliefs move at ticks
         st.busy1[j] = 1

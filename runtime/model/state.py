@@ -112,6 +112,7 @@ class Scratch(NamedTuple):
     emap: np.ndarray  # residuals on the zero-padded pooled grid, (rows1·c + 2, cols1·c + 2, 2)
     zero1: np.ndarray  # zeros, (n1, D1)
     decay: np.ndarray  # decay[dt] = exp(−dt/τ) for dt = 0 .. min(tick_us, 65536) µs
+    grow: np.ndarray  # grow[dt] = exp(+dt/τ), same range: an event's weight in anchored traces
     jx: np.ndarray  # column index of pixel x (its part cx), (width,)
     jy: np.ndarray  # column index part of pixel y (cy · ncx), (height,)
     dx: np.ndarray  # channel index part of pixel x (2 · (px % column)), (width,)
@@ -195,6 +196,8 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         # math.exp (libm), as the kernels and reference.py call it: the table is bit-identical
         decay=np.array([math.exp(-dt / float(spec.tau_us))
                         for dt in range(min(spec.tick_us, 65_536) + 1)], f8),
+        grow=np.array([math.exp(dt / float(spec.tau_us))
+                       for dt in range(min(spec.tick_us, 65_536) + 1)], f8),
         jx=(px // c).astype(np.int64), jy=((py // c) * c1).astype(np.int64),
         dx=(2 * (px % c)).astype(np.int64), dy=(2 * c * (py % c)).astype(np.int64),
         big1=((cy // 2) * c2 + cx // 2).astype(np.int64),
