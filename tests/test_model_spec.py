@@ -79,8 +79,18 @@ def test_scratch_tables_match_the_geometry() -> None:
         assert sc.slot1[col] == ((cy % 2) * 2 + cx % 2) * s.k1
         assert sc.kids[sc.big1[col], sc.slot1[col] // s.k1] == col
     assert (sc.kids >= 0).sum() == s.n1  # every other quadrant is off the grid (−1)
-    assert sc.decay.shape == (s.tick_us + 1,)
-    assert all(sc.decay[dt] == math.exp(-dt / s.tau_us) for dt in range(s.tick_us + 1))
+    gap = min(s.learn_us, s.horizon_us)  # longest time a column's traces stay anchored
+    assert sc.decay.shape == sc.grow.shape == (gap + 1,)
+    assert all(sc.decay[dt] == math.exp(-dt / s.tau_us) for dt in range(gap + 1))
+    assert all(sc.grow[dt] == math.exp(dt / s.tau_us) for dt in range(gap + 1))
+
+
+def test_poll_gap_must_stay_within_eight_time_constants() -> None:
+    with pytest.raises(ValueError, match="8 × tau_us"):
+        ModelSpec(width=64, height=48, tau_us=1_000, tick_us=1_000, learn_us=9_000,
+                  horizon_us=9_000)
+    ModelSpec(width=64, height=48, tau_us=1_000, tick_us=1_000, learn_us=8_000,
+              horizon_us=16_000)  # the shorter of the two sets the gap
 
 
 def _batch(ev: np.ndarray, t0: int = 0, t1: int = 1000, seq: int = 0) -> EventBatch:

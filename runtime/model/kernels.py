@@ -155,8 +155,10 @@ def _parent(p: Params, j: int) -> tuple[int, int]:
 def _decay(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
     """z_j ← z_j · exp(−(t − t_j)/τ), closed form from the column's last update time.
 
-    An active column is decayed at every tick, so t − t_j ≤ tick_us and the factor comes
-    from the table ``sc.decay`` (filled with the same libm exp: bit-identical).
+    An active column is decayed whenever it is polled (every tick while it gets input or
+    relaxes, at every learning epoch and horizon tick otherwise), so t − t_j ≤
+    min(learn_us, horizon_us) and the factor comes from the table ``sc.decay`` (filled
+    with the same libm exp: bit-identical).
     """
     z1 = st.z1
     tcol = st.tcol
@@ -438,11 +440,12 @@ def _event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) 
     d = sc.dy[y] + sc.dx[x] + pol
     if st.active[j] == 0:
         _activate(st, sc, p, j, t)
+    st.busy1[j] = 1
     dt = t - st.tcol[j]
     if dt < sc.decay.shape[0]:
         g = sc.grow[dt]
         f = sc.decay[dt]
-    else:  # not reached while the column is swept every tick (dt < tick_us)
+    else:  # not reached: a column is polled at least every min(learn_us, horizon_us)
         g = math.exp(dt / p.tau_us)
         f = math.exp(-dt / p.tau_us)
     zs = qz(st.z1[j, d] + g, p.qs)
@@ -811,11 +814,17 @@ def _silence(st: State, sc: Scratch, p: Params, j: int) -> None:
 
 @_kernel
 def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
-    """Clocked sweep at absolute time tt (a multiple of tick_us) over active columns."""
+    """Clocked sweep at absolute time tt (a multiple of tick_us) over active columns.
+
+    Error units are polled (decay, sigma-delta sweep) in columns that got input since the
+    last tick or are still relaxing (``busy1``), and in every active column at learning
+    epochs and horizon ticks; a quiet column's traces decay lazily in between.
+    """
     st.counters[C_TICKS] += 1
     n1 = st.active.shape[0]
+    epoch = tt % p.learn_us == 0 or tt % p.horizon_us == 0
     for j in range(n1):
-        if st.active[j]:
+        if st.active[j] and (epoch or st.busy1[j]):
             _decay(st, sc, p, j, tt)
             _sweep1(st, sc, p, j)
     if p.layers == 2:
@@ -860,7 +869,7 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
         st.baseline[0] = m + p.beta * dv
         st.baseline[1] = (1.0 - p.beta) * (st.baseline[1] + p.beta * dv * dv)
     for j in range(n1):
-        if st.active[j]:
+        if epoch and st.active[j]:
             zmax = 0.0
             for d in range(p.d1):
                 zmax = max(zmax, st.z1[j, d])

@@ -192,6 +192,7 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -
     # traces stay anchored at tcol (the last tick): the event adds e^{(t − t_j)/τ} to its
     # own channel and the error unit reads that channel decayed to t; z_j(t) is the same
     # as decaying the whole column to t and adding 1, up to rounding
+    st.busy1[j] = 1  # an input event is news: the column's error units are polled next tick
     dt = t - int(st.tcol[j])
     st.z1[j, d] = q(st.z1[j, d] + math.exp(dt / p.tau_us), p.qs)
     z = q(st.z1[j, d] * math.exp(-dt / p.tau_us), p.qs)
@@ -412,9 +413,14 @@ def silence(st: State, sc: Scratch, p: Params, j: int) -> None:
 
 def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
     st.counters[C_TICKS] += 1
+    # error units are polled every tick only in columns that got input or are relaxing
+    # (busy); every column at learning epochs and horizon ticks (traces stay anchored at
+    # the column's last poll in between: decay is computed lazily, in closed form)
+    epoch = tt % p.learn_us == 0 or tt % p.horizon_us == 0
     for j in np.flatnonzero(st.active):
-        decay(st, p, j, tt)
-        sweep1(st, p, j)
+        if epoch or st.busy1[j]:
+            decay(st, p, j, tt)
+            sweep1(st, p, j)
     for step in range(p.relax_steps):  # only columns whose beliefs still move or got input
         for j in range(st.active.shape[0]):
             if st.active[j] and st.busy1[j]:
@@ -447,7 +453,7 @@ def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
         st.baseline[0] = m + p.beta * (f - m)
         st.baseline[1] = (1.0 - p.beta) * (st.baseline[1] + p.beta * (f - m) ** 2)
     for j in np.flatnonzero(st.active):
-        if st.z1[j].max() < p.z_off:
+        if epoch and st.z1[j].max() < p.z_off:
             silence(st, sc, p, j)
 
 

@@ -85,9 +85,10 @@ class ModelSpec:
         if self.learn_us % self.tick_us:
             raise ValueError(f"ModelSpec.learn_us={self.learn_us} must be a multiple of "
                              f"tick_us={self.tick_us}")
-        if self.tick_us > 8 * self.tau_us:  # traces anchored at the last tick grow ≤ e^8
-            raise ValueError(f"ModelSpec.tick_us={self.tick_us} must be at most 8 × "
-                             f"tau_us={self.tau_us}")
+        if min(self.learn_us, self.horizon_us) > 8 * self.tau_us:
+            # traces anchored at a column's last poll (at most this long ago) grow ≤ e^8
+            raise ValueError(f"ModelSpec: min(learn_us={self.learn_us}, horizon_us="
+                             f"{self.horizon_us}) must be at most 8 × tau_us={self.tau_us}")
         if self.horizon_us % self.tick_us:
             raise ValueError(f"ModelSpec.horizon_us={self.horizon_us} must be a multiple of "
                              f"tick_us={self.tick_us}")

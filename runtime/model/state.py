@@ -111,7 +111,7 @@ class Scratch(NamedTuple):
     thr2: np.ndarray  # θ_e √π2, the layer-2 error units' thresholds, (n2, D2)
     emap: np.ndarray  # residuals on the zero-padded pooled grid, (rows1·c + 2, cols1·c + 2, 2)
     zero1: np.ndarray  # zeros, (n1, D1)
-    decay: np.ndarray  # decay[dt] = exp(−dt/τ) for dt = 0 .. min(tick_us, 65536) µs
+    decay: np.ndarray  # decay[dt] = exp(−dt/τ) for dt = 0 .. min(learn_us, horizon_us, 65536)
     grow: np.ndarray  # grow[dt] = exp(+dt/τ), same range: an event's weight in anchored traces
     jx: np.ndarray  # column index of pixel x (its part cx), (width,)
     jy: np.ndarray  # column index part of pixel y (cy · ncx), (height,)
@@ -195,15 +195,21 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         emap=np.zeros((r1 * c + 2, c1 * c + 2, 2), f8), zero1=np.zeros((spec.n1, spec.d1), f8),
         # math.exp (libm), as the kernels and reference.py call it: the table is bit-identical
         decay=np.array([math.exp(-dt / float(spec.tau_us))
-                        for dt in range(min(spec.tick_us, 65_536) + 1)], f8),
+                        for dt in range(_poll_gap(spec) + 1)], f8),
         grow=np.array([math.exp(dt / float(spec.tau_us))
-                       for dt in range(min(spec.tick_us, 65_536) + 1)], f8),
+                       for dt in range(_poll_gap(spec) + 1)], f8),
         jx=(px // c).astype(np.int64), jy=((py // c) * c1).astype(np.int64),
         dx=(2 * (px % c)).astype(np.int64), dy=(2 * c * (py % c)).astype(np.int64),
         big1=((cy // 2) * c2 + cx // 2).astype(np.int64),
         slot1=(((cy % 2) * 2 + cx % 2) * spec.k1).astype(np.int64),
         kids=_kids(spec),
     )
+
+
+def _poll_gap(spec: ModelSpec) -> int:
+    """Longest time between two polls of an active column (its trace anchor): every column is
+    polled at learning epochs and horizon ticks, µs (tables are capped at 65,536 µs)."""
+    return min(spec.learn_us, spec.horizon_us, 65_536)
 
 
 def _kids(spec: ModelSpec) -> np.ndarray:
