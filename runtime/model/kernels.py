@@ -101,6 +101,7 @@ class Params(NamedTuple):
     qs: float  # fixed-point scale (0: float)
     per_col: bool
     settle: float
+    curv_mix: float
     homeo_rate: float
     homeo_eta: float
     relax_steps: int
@@ -118,7 +119,7 @@ def make_params(spec: ModelSpec) -> Params:
         pi_prior=spec.pi_prior, q=spec.q, alpha=spec.alpha, v0=spec.v0, pi_min=spec.pi_min,
         pi_max=spec.pi_max, w_max=spec.w_max, a_q=spec.a_q, z_off=spec.z_off,
         beta=spec.baseline_beta, qs=spec.q_scale, per_col=spec.per_column_weights,
-        relax_steps=spec.relax_steps, learn_us=spec.learn_us, settle=spec.settle,
+        relax_steps=spec.relax_steps, learn_us=spec.learn_us, settle=spec.settle, curv_mix=spec.curv_mix,
         homeo_rate=spec.homeo_rate, homeo_eta=spec.homeo_eta,
     )
 
@@ -179,7 +180,11 @@ def _decay(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
 
 @_kernel
 def _curv1(st: State, sc: Scratch, p: Params, j: int) -> None:
-    """h_jk = prior_k + Σ_d π_jd W_dk Σ_l W_dl (a majorizer of the belief Hessian diagonal)."""
+    """h_jk = prior_k + Σ_d π_jd W_dk ((1 − γ) W_dk + γ Σ_l W_dl), γ = curv_mix.
+
+    γ = 1 is the classic diagonal majorizer of the belief Hessian (every step descends);
+    γ = 0 the Hessian diagonal itself (Jacobi, which over-steps when beliefs overlap).
+    """
     w = j if p.per_col else 0
     for d in range(p.d1):
         s = 0.0
@@ -191,24 +196,28 @@ def _curv1(st: State, sc: Scratch, p: Params, j: int) -> None:
     h1 = st.h1
     for k in range(p.k1):
         h1[j, k] = p.pi_prior if p.layers == 1 else st.pi2[big, slot + k]
+    g = p.curv_mix
     for d in range(p.d1):  # loops interchanged: each h_k still sums over d in order
         for k in range(p.k1):
-            h1[j, k] += st.pi1[j, d] * st.W1[w, d, k] * sc.rs[d]
+            wk = st.W1[w, d, k]
+            h1[j, k] += st.pi1[j, d] * wk * ((1.0 - g) * wk + g * sc.rs[d])
 
 
 @_kernel
 def _curv2(st: State, sc: Scratch, p: Params, big: int) -> None:
-    """h2_k = π_prior + Σ_s π2_s W2_sk Σ_l W2_sl."""
+    """h2_k = π_prior + Σ_s π2_s W2_sk ((1 − γ) W2_sk + γ Σ_l W2_sl), as ``_curv1``."""
     w = big if p.per_col else 0
     for s in range(p.d2):
         r = 0.0
         for k in range(p.k2):
             r += st.W2[w, s, k]
         sc.rs[s] = r
+    g = p.curv_mix
     for k in range(p.k2):
         h = p.pi_prior
         for s in range(p.d2):
-            h += st.pi2[big, s] * st.W2[w, s, k] * sc.rs[s]
+            wk = st.W2[w, s, k]
+            h += st.pi2[big, s] * wk * ((1.0 - g) * wk + g * sc.rs[s])
         st.h2[big, k] = h
 
 

@@ -88,8 +88,9 @@ def curv1(st: State, p: Params, j: int) -> None:
     prior = np.full(p.k1, p.pi_prior) if p.layers == 1 else st.pi2[big, slot:slot + p.k1]
     rs = rowsum(w)
     h = prior.astype(np.float64, copy=True)
+    g = p.curv_mix  # γ = 1: diagonal majorizer; γ = 0: Hessian diagonal
     for d in range(p.d1):
-        h += st.pi1[j, d] * w[d] * rs[d]
+        h += st.pi1[j, d] * w[d] * ((1.0 - g) * w[d] + g * rs[d])
     st.h1[j] = h
 
 
@@ -97,8 +98,9 @@ def curv2(st: State, p: Params, big: int) -> None:
     w = st.W2[_wi(p, big)]
     rs = rowsum(w)
     h = np.full(p.k2, p.pi_prior)
+    g = p.curv_mix
     for s in range(p.d2):
-        h += st.pi2[big, s] * w[s] * rs[s]
+        h += st.pi2[big, s] * w[s] * ((1.0 - g) * w[s] + g * rs[s])
     st.h2[big] = h
 
 

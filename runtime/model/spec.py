@@ -43,6 +43,7 @@ class ModelSpec:
     learn_us: int = 5_000  # learning epoch: weights and precisions update at multiples of it
     relax_steps: int = 8  # belief relaxation iterations per tick (the belief units' clock)
     settle: float = 0.1  # a column whose beliefs moved less than this in a step rests
+    curv_mix: float = 1.0  # γ: share of the other beliefs' overlap in each step's curvature
     homeo_rate: float = 0.0  # target error spikes per column per tick (0: no homeostasis)
     homeo_eta: float = 0.2  # homeostatic gain rate per learning epoch
     theta_e: float = 0.1  # error-unit sigma-delta threshold, in error standard deviations
@@ -95,6 +96,7 @@ class ModelSpec:
         for name in ("theta_e", "theta_mu", "sparsity", "q", "a_q", "z_off", "w_init",
                      "settle", "homeo_rate", "homeo_eta"):
             _check_float(self, name, 0.0, math.inf, lo_open=False)
+        _check_float(self, "curv_mix", 0.0, 1.0, lo_open=False)
         for name in ("kappa", "alpha", "baseline_beta"):
             _check_float(self, name, 0.0, 1.0, lo_open=True)
         for name in ("pi_prior", "s2_init", "a_s2_init", "v0", "pi_min", "pi_max", "w_max"):
