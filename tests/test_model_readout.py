@@ -117,6 +117,7 @@ def _random_state(spec: ModelSpec, rng: np.random.Generator) -> State:
         mu2=pos(st.mu2, 0, 2) * (rng.random(st.mu2.shape) < 0.5),
         nact2=rng.integers(0, 5, spec.n2), W2=pos(st.W2, 0, 4),
         A=rng.normal(0, 0.5, st.A.shape), rho=pos(st.rho, 0, 1), R=pos(st.R, 0, 0.3),
+        gh=pos(st.gh, 0, 1),
         vF=pos(st.vF, 0.01, 3), baseline=np.array([rng.uniform(0, 50), rng.uniform(1, 9)]),
     )
 
@@ -175,8 +176,8 @@ def test_returned_arrays_are_fresh() -> None:
     assert not np.array_equal(r1.rate_hz, r2.rate_hz)
 
 
-@pytest.mark.parametrize("field", ["pi1", "W1", "rho", "R", "vF", "A", "mu1", "mu2", "W2",
-                                   "pi2", "pred2", "xhat1", "z1"])
+@pytest.mark.parametrize("field", ["pi1", "W1", "gh", "rho", "R", "vF", "A", "mu1", "mu2",
+                                   "W2", "pi2", "pred2", "xhat1", "z1"])
 def test_non_finite_state_reaches_readout(field: str) -> None:
     """A NaN in any array the read-out reads (on an active column) makes it non-finite,
     as with the twin: the daemon rolls back on that."""
@@ -189,7 +190,7 @@ def test_non_finite_state_reaches_readout(field: str) -> None:
     j = int(np.flatnonzero(st.active)[0])
     big = int(np.flatnonzero(st.nact2)[0])
     arr = getattr(st, field)
-    index = {"z1": j, "xhat1": j, "pi1": j, "rho": j, "vF": j, "mu1": j,
+    index = {"z1": j, "xhat1": j, "pi1": j, "gh": j, "rho": j, "vF": j, "mu1": j,
              "mu2": big, "pi2": big, "pred2": big}.get(field, 0)
     arr[index].flat[0] = np.nan
     assert not readout_is_finite(compute_readout_numpy(spec, st, net.t_us))

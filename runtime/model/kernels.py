@@ -21,7 +21,7 @@ relax_steps belief steps
 
 with the same one level up (ε2 = π2 (μ̂1 − W2 μ̂2)). Every learn_us the precisions and
 weights learn (Bayesian synapse, ``_bayes_update``); every horizon_us the temporal
-weights (A, ρ, R), the Δ-ahead forecast and its error variance, and the surprise baseline.
+weights (A, g, ρ, R), the Δ-ahead forecast and its error variance, and the surprise baseline.
 
 The kernels never allocate; they are compiled with NRT (reference counting) off and the
 per-event helpers inlined at the Numba-IR level, because passing the 40-array state tuple
@@ -35,7 +35,7 @@ instead of integer divisions per event and per spike; the decay factor exp(−Δ
 from a table over Δt ≤ tick_us filled with the same libm exp; the layer-2 thresholds
 θ_e √π2 are kept in ``sc.thr2`` like the layer-1 ones; the relaxation runs layer-2 block
 by block (``_relax_block``), which is the same computation because no spike leaves a
-block; the horizon tick reads neighbours' residuals from a zero-padded map of the pooled
+block; the horizon tick reads neighbours' traces from a zero-padded map of the pooled
 grid (``_to_map``) instead of recomputing neighbour indices; spike counters are summed in
 locals and added once per column step.
 """
@@ -669,16 +669,18 @@ def _to_map(emap: np.ndarray, p: Params, a: np.ndarray, b: np.ndarray) -> None:
 
 @_kernel
 def _learn_residual(st: State, sc: Scratch, p: Params) -> None:
-    """Error units predict their own residual one horizon ahead from theirs and 8 neighbours':
+    """Forecast error units learn to predict their own trace one horizon ahead:
 
-    e_c(T) ≈ ρ_c e_c(T − Δ) + Σ_o R_o e_{c+o}(T − Δ)   (ρ per channel, R shared; o runs over
-    the 3×3 cells round c row-major without the centre, same polarity).
-    Bayesian synapse with majorized information π |x_i| Σ_l |x_l| on every input x_i.
+    z_c(T) ≈ x'_c(T − Δ) = g_c h_c(T − Δ) + ρ_c z_c(T − Δ) + Σ_o R_o z_{c+o}(T − Δ)
+    (h = W1 μ1' the hierarchy's forecast, g and ρ per channel, R shared; o runs over the
+    3×3 cells round c row-major without the centre, same polarity). The post error is the
+    unit's whole forecast error z_c(T) − x'_c (``fprev``), its precision π_F = 1/(v_F + v0);
+    Bayesian synapse with majorized information π_F x_i Σ_l x_l on every input x_i ≥ 0.
     """
     sc.GR[:, :] = 0.0
     sc.IR[:, :] = 0.0
     emap = sc.emap
-    _to_map(emap, p, st.eprev, sc.zero1)
+    _to_map(emap, p, st.zprev, sc.zero1)
     c = p.column
     for j in range(st.active.shape[0]):
         if st.active[j] == 0:
@@ -691,35 +693,37 @@ def _learn_residual(st: State, sc: Scratch, p: Params) -> None:
                     d = (r * c + cc) * 2 + pol
                     py = y0 + r
                     px = x0 + cc
-                    ep = st.eprev[j, d]
-                    pred = st.rho[j, d] * ep
-                    asum = abs(ep)
+                    zp = st.zprev[j, d]
+                    hp = st.hprev[j, d]
+                    asum = zp + hp
                     for oo in range(9):
                         if oo != 4:
-                            x = emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
-                            pred += st.R[0, pol, (oo - 1 if oo > 4 else oo)] * x
-                            asum += abs(x)
-                    err = (st.z1[j, d] - st.xhat1[j, d]) - pred
+                            asum += emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
+                    err = st.z1[j, d] - st.fprev[j, d]
                     pi = _clip_pi(st.vF[j, d], p)
-                    s2 = 1.0 / (1.0 / (st.srho[j, d] + p.q) + pi * abs(ep) * asum)
+                    s2 = 1.0 / (1.0 / (st.srho[j, d] + p.q) + pi * zp * asum)
                     st.srho[j, d] = qz(s2, p.qs)
-                    rr = st.rho[j, d] + s2 * pi * err * ep
+                    rr = st.rho[j, d] + s2 * pi * err * zp
                     st.rho[j, d] = qz(min(max(rr, 0.0), 1.0), p.qs)
+                    s2 = 1.0 / (1.0 / (st.sgh[j, d] + p.q) + pi * hp * asum)
+                    st.sgh[j, d] = qz(s2, p.qs)
+                    gg = st.gh[j, d] + s2 * pi * err * hp
+                    st.gh[j, d] = qz(min(max(gg, 0.0), 1.0), p.qs)
                     for oo in range(9):
                         if oo != 4:
                             x = emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
                             o = (oo - 1 if oo > 4 else oo)
                             sc.GR[pol, o] += pi * err * x
-                            sc.IR[pol, o] += pi * abs(x) * asum
+                            sc.IR[pol, o] += pi * x * asum
     _bayes_update(st.R, st.SR, sc.GR, sc.IR, 0, p.q, 0.0, 1.0, p.qs)
 
 
 @_kernel
 def _forecast(st: State, sc: Scratch, p: Params, j: int) -> None:
-    """fprev_j ← x̂_{T+Δ} = max(0, W1 μ1' + ρ ⊙ e + Σ_o R_o e_{·+o}), e = z − x̂, column j.
+    """hprev_j ← h = W1 μ1';  fprev_j ← x' = max(0, g ⊙ h + ρ ⊙ z + Σ_o R_o z_{·+o}), column j.
 
     μ1' = A μ1 (one layer) or max(0, μ1 + W2 (A μ2 − μ2)) (two layers); the neighbours'
-    e are read from ``sc.emap`` (filled by ``_to_map`` at this horizon tick).
+    traces z are read from ``sc.emap`` (filled by ``_to_map`` at this horizon tick).
     """
     w1 = j if p.per_col else 0
     if p.layers == 1:
@@ -752,10 +756,11 @@ def _forecast(st: State, sc: Scratch, p: Params, j: int) -> None:
         for cc in range(c):
             for pol in range(2):
                 d = (r * c + cc) * 2 + pol
-                acc = 0.0
+                h = 0.0
                 for k in range(p.k1):
-                    acc += st.W1[w1, d, k] * sc.m1[k]
-                acc += st.rho[j, d] * (st.z1[j, d] - st.xhat1[j, d])
+                    h += st.W1[w1, d, k] * sc.m1[k]
+                st.hprev[j, d] = qz(h, p.qs)
+                acc = st.gh[j, d] * h + st.rho[j, d] * st.z1[j, d]
                 for oo in range(9):
                     if oo != 4:
                         acc += st.R[0, pol, (oo - 1 if oo > 4 else oo)] * emap[y0 + r + oo // 3 - 1,
@@ -796,7 +801,8 @@ def _silence(st: State, sc: Scratch, p: Params, j: int) -> None:
         st.z1[j, d] = 0.0
         st.xhat1[j, d] = 0.0
         st.eps1[j, d] = 0.0
-        st.eprev[j, d] = 0.0
+        st.zprev[j, d] = 0.0
+        st.hprev[j, d] = 0.0
         st.fprev[j, d] = 0.0
     for k in range(p.k1):
         st.u1[j, k] = 0.0
@@ -866,11 +872,11 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
         for c in range(mu.shape[0]):
             for k in range(mu.shape[1]):
                 st.muprev[c, k] = mu[c, k]
-        _to_map(sc.emap, p, st.z1, st.xhat1)
+        _to_map(sc.emap, p, st.z1, sc.zero1)
         for j in range(n1):
             if st.active[j]:
                 for d in range(p.d1):
-                    st.eprev[j, d] = st.z1[j, d] - st.xhat1[j, d]
+                    st.zprev[j, d] = st.z1[j, d]
                 _forecast(st, sc, p, j)
         f = _surprise(st, p)
         m = st.baseline[0]

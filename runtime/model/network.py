@@ -49,8 +49,8 @@ class Readout:
     mu, sigma: per layer, posterior mean and standard deviation of the beliefs,
       shapes (rows1, cols1, k1) and, with two layers, (rows2, cols2, k2).
     rate_hz: predicted event rate for the next horizon Δ per pooled cell and polarity,
-      λ = x̂_{t+Δ}/τ in events/s, shape (Hp, Wp, 2) (channel 0 OFF, 1 ON).
-    rate_var: its predictive variance (v_F + Σ_k W² σ²)/τ², (events/s)², same shape, where
+      λ = x'_{t+Δ}/τ in events/s, shape (Hp, Wp, 2) (channel 0 OFF, 1 ON).
+    rate_var: its predictive variance (v_F + g² Σ_k W² σ²)/τ², (events/s)², same shape, where
       v_F is each channel's running variance of its own Δ-ahead forecast error.
     surprise_map: Σ ½ π e² of layer-1 errors per column, shape (rows1, cols1);
     surprise_total: the same summed, plus layer-2 errors; surprise_z: its z-score against
@@ -285,10 +285,11 @@ def l2_to_l1(spec: ModelSpec, a: np.ndarray) -> np.ndarray:
 
 
 def predicted_traces(spec: ModelSpec, st: State, z: np.ndarray) -> np.ndarray:
-    """x̂_{t+Δ} = W1 μ1' + ρ ⊙ (z − x̂), (n1, D1).
+    """x'_{t+Δ} = max(0, g ⊙ W1 μ1' + ρ ⊙ z + Σ_o R_o z_{·+o}), (n1, D1).
 
-    μ1' = μ1 + W2 (A μ2 − μ2) with two layers, A μ1 with one; z are the traces now and
-    x̂ = W1 μ̂1 the current prediction, so ρ carries the unexplained residual forward.
+    μ1' = μ1 + W2 (A μ2 − μ2) with two layers, A μ1 with one; z are the traces now (0 on
+    silent columns); g, ρ, R are the forecast units' learned weights on the hierarchy's
+    forecast, the channel's own trace and its 8 neighbours' traces.
     """
     n1 = spec.n1
     w1 = _w(st.W1, n1)
@@ -300,13 +301,13 @@ def predicted_traces(spec: ModelSpec, st: State, z: np.ndarray) -> np.ndarray:
         mu2p = np.einsum("ckl,cl->ck", _w(st.A, n2), mu2)
         dpred = np.einsum("csk,ck->cs", _w(st.W2, n2), mu2p - mu2)
         mu1p = np.maximum(st.mu1 + l2_to_l1(spec, dpred), 0.0)
-    resid = (z - st.xhat1) * (st.active != 0)[:, None]
-    return np.maximum(np.einsum("cdk,ck->cd", w1, mu1p) + st.rho * resid
-                      + lateral(spec, st.R[0], resid), 0.0)
+    za = z * (st.active != 0)[:, None]
+    return np.maximum(st.gh * np.einsum("cdk,ck->cd", w1, mu1p) + st.rho * za
+                      + lateral(spec, st.R[0], za), 0.0)
 
 
 def lateral(spec: ModelSpec, r: np.ndarray, resid: np.ndarray) -> np.ndarray:
-    """Σ_o R[pol, o] e_{c+o}: residuals of the 8 neighbouring cells (same polarity), (n1, D1).
+    """Σ_o R[pol, o] x_{c+o}: values x of the 8 neighbouring cells (same polarity), (n1, D1).
 
     Computed on the padded pooled grid (rows1·column × cols1·column), zero outside it.
     """
@@ -349,7 +350,8 @@ def compute_readout(spec: ModelSpec, st: State, t_us: int) -> Readout:
     hp, wp = spec.pooled_shape
     (rate_hz, rate_var, s_col, sigma1, sigma2, mu1, mu2, total, fe, mu_sum,
      top_sq) = rk.readout_arrays(
-        st.z1, st.tcol, st.active, st.xhat1, st.pi1, st.mu1, st.mus1, st.W1, st.rho, st.R[0],
+        st.z1, st.tcol, st.active, st.xhat1, st.pi1, st.mu1, st.mus1, st.W1, st.gh, st.rho,
+        st.R[0],
         st.vF, st.pred2, st.pi2, st.nact2, st.mu2, st.W2, st.A, int(t_us), float(spec.tau_us),
         spec.column, r1, c1, c2, hp, wp, spec.layers, float(spec.pi_prior))
     fe += total + spec.sparsity * mu_sum + 0.5 * spec.pi_prior * top_sq
@@ -395,7 +397,7 @@ def compute_readout_numpy(spec: ModelSpec, st: State, t_us: int) -> Readout:
     fe += 0.5 * spec.pi_prior * float(np.sum(top * top))
     xp = predicted_traces(spec, st, z)
     w1 = _w(st.W1, spec.n1)
-    pvar = st.vF + np.einsum("cdk,ck->cd", w1 * w1, var[0])
+    pvar = st.vF + st.gh**2 * np.einsum("cdk,ck->cd", w1 * w1, var[0])
     mean, bvar = float(st.baseline[0]), float(st.baseline[1])
     return Readout(
         t_us=int(t_us),

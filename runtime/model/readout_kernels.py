@@ -7,11 +7,11 @@ columns where its result is known (zero residual, zero beliefs):
     z_jd(t) = z1_jd · exp(−(t − t_j)/τ) on active columns, 0 on silent ones    (events)
     e_jd = z_jd − x̂_jd,  surprise_j = Σ_d ½ π_jd e_jd²,  F ∋ Σ_active −½ ln π
     σ²_jk = 1/(prior_jk + Σ_d W_dk² π_jd)                                     (Laplace)
-    x'_jd = max(0, Σ_k W_dk μ'_jk + ρ_jd e_jd + Σ_o R_{p,o} e_{(y,x)+o, p})
-    λ = x'/τ (events/s),  var λ = (v_F + Σ_k W_dk² σ²_jk)/τ²  ((events/s)²)
+    x'_jd = max(0, g_jd Σ_k W_dk μ'_jk + ρ_jd z_jd + Σ_o R_{p,o} z_{(y,x)+o, p})
+    λ = x'/τ (events/s),  var λ = (v_F + g_jd² Σ_k W_dk² σ²_jk)/τ²  ((events/s)²)
 
 Layout: layer-1 column j = R·cols1 + C holds channel d = (a·column + b)·2 + p for the
-pooled cell (y, x) = (R·column + a, C·column + b) and polarity p. The residuals e are also
+pooled cell (y, x) = (R·column + a, C·column + b) and polarity p. The traces z are also
 kept as a padded map (rows1·column + 2, (cols1·column + 2)·2), zero outside the column
 grid as in the twin, so that the lateral sum over the 8 neighbouring cells is a stencil
 along contiguous rows (cells of edge columns beyond the sensor take part; cells
@@ -81,8 +81,9 @@ def layer1_errors(z1: np.ndarray, tcol: np.ndarray, active: np.ndarray, xhat1: n
                   emap: np.ndarray, s_col: np.ndarray) -> tuple[float, float]:
     """Layer-1 residuals at t_us and their surprise; returns (Σ_j s_col_j, Σ_active −½ ln π).
 
-    e_jd = z1_jd · exp(−max(t_us − tcol_j, 0)/τ) − x̂_jd on active columns, written into
-    ``emap`` (rows1·column + 2, (cols1·column + 2)·2) float64: the padded residual map,
+    e_jd = z_jd − x̂_jd, z_jd = z1_jd · exp(−max(t_us − tcol_j, 0)/τ) on active columns; z
+    is written into ``emap`` (rows1·column + 2, (cols1·column + 2)·2) float64: the padded
+    trace map,
     cell (y, x) polarity p at [y + 1, 2(x + 1) + p], zero on entry (silent columns stay 0);
     s_col_j = ½ Σ_d π_jd e_jd² (float32, (n1,)), 0 for silent columns.
     Shapes: z1, xhat1, pi1 (n1, D1); tcol int64 µs, active uint8 (n1,); τ in µs.
@@ -90,6 +91,7 @@ def layer1_errors(z1: np.ndarray, tcol: np.ndarray, active: np.ndarray, xhat1: n
     n1, d1 = z1.shape
     c1 = (emap.shape[1] // 2 - 2) // column
     e = np.empty(d1)
+    zz = np.empty(d1)
     total = 0.0
     logs = 0.0
     for j in range(n1):
@@ -99,7 +101,9 @@ def layer1_errors(z1: np.ndarray, tcol: np.ndarray, active: np.ndarray, xhat1: n
         f = math.exp(-float(max(t_us - tcol[j], 0)) / tau_us)
         s = 0.0
         for d in range(d1):
-            v = z1[j, d] * f - xhat1[j, d]
+            zv = z1[j, d] * f
+            zz[d] = zv
+            v = zv - xhat1[j, d]
             e[d] = v
             s += pi1[j, d] * v * v
         s *= 0.5
@@ -111,7 +115,7 @@ def layer1_errors(z1: np.ndarray, tcol: np.ndarray, active: np.ndarray, xhat1: n
         for a in range(column):
             base = a * column * 2
             for i in range(2 * column):
-                emap[y0 + a, x0 + i] = e[base + i]
+                emap[y0 + a, x0 + i] = zz[base + i]
     return total, -0.5 * logs
 
 
@@ -215,9 +219,12 @@ def layer2_forecast(w2_t: np.ndarray, a: np.ndarray, mu2: np.ndarray,
 
 @_kernel
 def forecast_columns(w1_t: np.ndarray, w1sq_t: np.ndarray, mu1: np.ndarray, a1: np.ndarray,
-                     dpred: np.ndarray, v_f: np.ndarray, var1: np.ndarray, layers: int,
-                     cols1: int, cols2: int, wmu: np.ndarray, pvar: np.ndarray) -> None:
-    """Per column: wmu_j = W1 μ'_j and pvar_j = v_F,j + W1² σ²_j, both (n1, D1) float64.
+                     dpred: np.ndarray, v_f: np.ndarray, g_h: np.ndarray, var1: np.ndarray,
+                     layers: int, cols1: int, cols2: int, wmu: np.ndarray,
+                     pvar: np.ndarray) -> None:
+    """Per column: wmu_j = g_j ⊙ W1 μ'_j and pvar_j = v_F,j + g_j² ⊙ W1² σ²_j, (n1, D1).
+
+    g_h (n1, D1) is each forecast unit's gain on the hierarchy's forecast.
 
     μ'_j = A μ1_j (one layer; a1 (nA, K1, K1)) or max(0, μ1_j + dpred[parent, slot])
     (two layers; dpred from ``layer2_forecast``). Where μ' = 0 the product is 0 (W1 is
@@ -261,18 +268,20 @@ def forecast_columns(w1_t: np.ndarray, w1sq_t: np.ndarray, mu1: np.ndarray, a1: 
             for d in range(d1):
                 pvar[j, d] += w1sq_t[w, k, d] * s2
         for d in range(d1):
-            pvar[j, d] += v_f[j, d]
+            g = g_h[j, d]
+            wmu[j, d] *= g
+            pvar[j, d] = g * g * pvar[j, d] + v_f[j, d]
 
 
 @_kernel
 def forecast_maps(wmu: np.ndarray, pvar: np.ndarray, rho: np.ndarray, r_lat: np.ndarray,
                   emap: np.ndarray, active: np.ndarray, column: int, tau_s: float,
                   rate_hz: np.ndarray, rate_var: np.ndarray) -> None:
-    """Rate map λ = max(0, wmu + ρ e + Σ_o R_{p,o} e_{·+o})/τ and var λ = pvar/τ².
+    """Rate map λ = max(0, wmu + ρ z + Σ_o R_{p,o} z_{·+o})/τ and var λ = pvar/τ².
 
     Writes rate_hz, rate_var (Hp, 2·Wp) float32 (cell x, polarity p at 2x + p; channel 0
     OFF, 1 ON), one row of cells at a time; the lateral stencil runs only on rows of
-    columns with an active column within one column-row (elsewhere every residual it reads
+    columns with an active column within one column-row (elsewhere every trace it reads
     is 0: the term is 0·ΣR). Shapes: wmu, pvar, rho (n1, D1); r_lat (2, 8) lateral weights
     [polarity, offset (dy, dx) row-major without the centre]; emap from ``layer1_errors``;
     τ in s.
@@ -357,7 +366,8 @@ def transposed(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @_kernel
 def readout_arrays(z1: np.ndarray, tcol: np.ndarray, active: np.ndarray, xhat1: np.ndarray,
                    pi1: np.ndarray, mu1: np.ndarray, mus1: np.ndarray, w1: np.ndarray,
-                   rho: np.ndarray, r_lat: np.ndarray, v_f: np.ndarray, pred2: np.ndarray,
+                   g_h: np.ndarray, rho: np.ndarray, r_lat: np.ndarray, v_f: np.ndarray,
+                   pred2: np.ndarray,
                    pi2: np.ndarray, nact2: np.ndarray, mu2: np.ndarray, w2: np.ndarray,
                    a: np.ndarray, t_us: int, tau_us: float, column: int, rows1: int,
                    cols1: int, cols2: int, hp: int, wp: int, layers: int,
@@ -396,7 +406,8 @@ def readout_arrays(z1: np.ndarray, tcol: np.ndarray, active: np.ndarray, xhat1: 
         dpred = np.zeros((1, 1))
     wmu = np.empty(v_f.shape)
     pvar = np.empty(v_f.shape)
-    forecast_columns(w1_t, w1sq_t, mu1, a, dpred, v_f, var1, layers, cols1, cols2, wmu, pvar)
+    forecast_columns(w1_t, w1sq_t, mu1, a, dpred, v_f, g_h, var1, layers, cols1, cols2, wmu,
+                     pvar)
     rate_hz = np.empty((hp, 2 * wp), np.float32)
     rate_var = np.empty((hp, 2 * wp), np.float32)
     forecast_maps(wmu, pvar, rho, r_lat, emap, active, column, tau_us * 1e-6, rate_hz,

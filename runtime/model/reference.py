@@ -337,47 +337,53 @@ def nbr(p: Params, j: int, d: int, o: int) -> tuple[int, int]:
 
 
 def learn_residual(st: State, p: Params) -> None:
-    """e_c(T) ≈ ρ_c e_c(T − Δ) + Σ_o R_o e_{c+o}(T − Δ), Bayesian synapse (majorized)."""
+    """z_c(T) ≈ g_c h_c(T − Δ) + ρ_c z_c(T − Δ) + Σ_o R_o z_{c+o}(T − Δ), Bayesian synapse
+    (majorized information) on the forecast error z_c(T) − x'_c (``fprev``)."""
     G = np.zeros((2, 8))
     info = np.zeros((2, 8))
     for j in np.flatnonzero(st.active):
         for d in range(p.d1):
             pol = d % 2
-            ep = float(st.eprev[j, d])
+            zp = float(st.zprev[j, d])
+            hp = float(st.hprev[j, d])
             xs = []
             for o in range(8):
                 j2, d2 = nbr(p, j, d, o)
-                xs.append(float(st.eprev[j2, d2]) if j2 >= 0 else 0.0)
-            pred = st.rho[j, d] * ep
-            asum = abs(ep)
-            for o, x in enumerate(xs):
-                pred += st.R[0, pol, o] * x
-                asum += abs(x)
-            err = (st.z1[j, d] - st.xhat1[j, d]) - pred
+                xs.append(float(st.zprev[j2, d2]) if j2 >= 0 else 0.0)
+            asum = zp + hp
+            for x in xs:
+                asum += x
+            err = st.z1[j, d] - st.fprev[j, d]
             pi = min(max(1.0 / (st.vF[j, d] + p.v0), p.pi_min), p.pi_max)
-            s2 = 1.0 / (1.0 / (st.srho[j, d] + p.q) + pi * abs(ep) * asum)
+            s2 = 1.0 / (1.0 / (st.srho[j, d] + p.q) + pi * zp * asum)
             st.srho[j, d] = q(s2, p.qs)
-            st.rho[j, d] = q(min(max(st.rho[j, d] + s2 * pi * err * ep, 0.0), 1.0), p.qs)
+            st.rho[j, d] = q(min(max(st.rho[j, d] + s2 * pi * err * zp, 0.0), 1.0), p.qs)
+            s2 = 1.0 / (1.0 / (st.sgh[j, d] + p.q) + pi * hp * asum)
+            st.sgh[j, d] = q(s2, p.qs)
+            st.gh[j, d] = q(min(max(st.gh[j, d] + s2 * pi * err * hp, 0.0), 1.0), p.qs)
             for o, x in enumerate(xs):
                 G[pol, o] += pi * err * x
-                info[pol, o] += pi * abs(x) * asum
+                info[pol, o] += pi * x * asum
     bayes_update(st.R, st.SR, G, info, 0, p.q, 1.0, p.qs)
 
 
 def forecast(st: State, p: Params, j: int) -> None:
-    """fprev_j ← max(0, W1 μ1' + ρ (z − x̂)), μ1' = A μ1 or max(0, μ1 + W2 (A μ2 − μ2))."""
+    """hprev_j ← h = W1 μ1';  fprev_j ← max(0, g ⊙ h + ρ ⊙ z + Σ_o R_o z_{·+o}),
+    μ1' = A μ1 or max(0, μ1 + W2 (A μ2 − μ2))."""
     if p.layers == 1:
         m1 = matvec(st.A[_wi(p, j)], st.mu1[j])
     else:
         big, slot = parent(p, j)
         m2 = matvec(st.A[_wi(p, big)], st.mu2[big]) - st.mu2[big]
         m1 = np.maximum(st.mu1[j] + matvec(st.W2[_wi(p, big), slot:slot + p.k1], m2), 0.0)
-    x = matvec(st.W1[_wi(p, j)], m1) + st.rho[j] * (st.z1[j] - st.xhat1[j])
+    h = matvec(st.W1[_wi(p, j)], m1)
+    st.hprev[j] = q(h, p.qs)
+    x = st.gh[j] * h + st.rho[j] * st.z1[j]
     for d in range(p.d1):
         for o in range(8):
             j2, d2 = nbr(p, j, d, o)
             if j2 >= 0:
-                x[d] += st.R[0, d % 2, o] * (st.z1[j2, d2] - st.xhat1[j2, d2])
+                x[d] += st.R[0, d % 2, o] * st.z1[j2, d2]
     st.fprev[j] = q(np.maximum(x, 0.0), p.qs)
 
 
@@ -398,7 +404,7 @@ def silence(st: State, sc: Scratch, p: Params, j: int) -> None:
     st.busy1[j] = 0
     st.clock[K_NACTIVE] -= 1
     big, slot = parent(p, j)
-    for a in (st.z1, st.xhat1, st.eps1, st.eprev, st.fprev, st.u1, st.mu1, st.mus1):
+    for a in (st.z1, st.xhat1, st.eps1, st.zprev, st.hprev, st.fprev, st.u1, st.mu1, st.mus1):
         a[j] = 0.0
     if p.layers == 1:
         st.muprev[j] = 0.0
@@ -448,7 +454,7 @@ def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
         mu, _ = top(st, p)
         st.muprev[:] = mu
         for j in np.flatnonzero(st.active):
-            st.eprev[j] = st.z1[j] - st.xhat1[j]
+            st.zprev[j] = st.z1[j]
             forecast(st, p, j)
         f = surprise(st, p)
         m = st.baseline[0]

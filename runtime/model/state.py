@@ -15,12 +15,14 @@ Layer 1 (sensor side):   z1 traces (events) at time tcol[j]; xhat1 = W1·mus1 pr
 Layer 2: pred2 = W2·mus2; eps2, v2, pi2, u2, mu2, mus2, h2 as above; nact2[P] number of
   active children; busy2 as busy1.
 Temporal (top layer): A, SA weights and their variances; vA error variance; muprev the top
-  beliefs at the previous horizon tick. Temporal (layer-1 error units): rho, srho the
-  residual's own one-horizon autoregression weight and its variance; R, SR (1, 2, 8) the
-  shared lateral weights from the 8 neighbouring cells' residuals (same polarity, order
-  (dy, dx) row-major without the centre) and their variances; eprev the residual
-  z − x̂ at the previous horizon tick, all (n1, D1). Forecast: fprev the trace forecast
-  x̂_{T+Δ} made at the last horizon tick T, vF the running variance of its error, (n1, D1).
+  beliefs at the previous horizon tick. Temporal (layer-1 forecast error units, one per
+  channel): gh, sgh the gain on the hierarchy's forecast h = W1 μ1' and its variance; rho,
+  srho the weight on the channel's own trace and its variance; R, SR (1, 2, 8) the shared
+  lateral weights from the 8 neighbouring cells' traces (same polarity, order (dy, dx)
+  row-major without the centre) and their variances; zprev the trace z and hprev the
+  hierarchy forecast h at the previous horizon tick, all (n1, D1). Forecast: fprev the
+  trace forecast x'_{T+Δ} made at the last horizon tick T, vF the running variance of its
+  error, (n1, D1).
 clock: [t_now_us, next_tick_us, started, n_active]; counters: [events, spikes_up,
 spikes_down, synops, ticks]; baseline: [mean, variance] of the surprise at horizon ticks.
 """
@@ -75,11 +77,14 @@ class State(NamedTuple):
     SA: np.ndarray
     vA: np.ndarray
     muprev: np.ndarray
+    gh: np.ndarray
+    sgh: np.ndarray
     rho: np.ndarray
     srho: np.ndarray
     R: np.ndarray
     SR: np.ndarray
-    eprev: np.ndarray
+    zprev: np.ndarray
+    hprev: np.ndarray
     fprev: np.ndarray
     vF: np.ndarray
     clock: np.ndarray
@@ -106,10 +111,10 @@ class Scratch(NamedTuple):
     xdirty: np.ndarray  # column's x̂ changed during this tick's relaxation step, (n1,)
     W1T: np.ndarray  # W1 transposed, (nW1, K1, D1): contiguous rows for top-down spikes
     thr1: np.ndarray  # θ_e √π1, the error units' thresholds, (n1, D1)
-    GR: np.ndarray  # lateral residual weight accumulators, (2, 8)
+    GR: np.ndarray  # lateral forecast weight accumulators, (2, 8)
     IR: np.ndarray
     thr2: np.ndarray  # θ_e √π2, the layer-2 error units' thresholds, (n2, D2)
-    emap: np.ndarray  # residuals on the zero-padded pooled grid, (rows1·c + 2, cols1·c + 2, 2)
+    emap: np.ndarray  # traces on the zero-padded pooled grid, (rows1·c + 2, cols1·c + 2, 2)
     zero1: np.ndarray  # zeros, (n1, D1)
     decay: np.ndarray  # decay[dt] = exp(−dt/τ) for dt = 0 .. min(learn_us, horizon_us, 65536)
     grow: np.ndarray  # grow[dt] = exp(+dt/τ), same range: an event's weight in anchored traces
@@ -122,8 +127,8 @@ class Scratch(NamedTuple):
     kids: np.ndarray  # the 4 layer-1 columns under each layer-2 column (−1 off the grid), (n2, 4)
 
 
-LEARNED = ("W1", "S1", "W2", "S2", "A", "SA", "v1", "pi1", "v2", "pi2", "vA", "rho", "srho",
-           "R", "SR", "vF", "gain1")
+LEARNED = ("W1", "S1", "W2", "S2", "A", "SA", "v1", "pi1", "v2", "pi2", "vA", "gh", "sgh",
+           "rho", "srho", "R", "SR", "vF", "gain1")
 """Arrays changed only by learning (frozen by ``Network.freeze_learning``)."""
 
 
@@ -133,7 +138,8 @@ def top_shape(spec: ModelSpec) -> tuple[int, int]:
 
 
 def init_state(spec: ModelSpec) -> State:
-    """A fresh state: weights ~ U(0, w_init) from ``spec.seed``, A = I, π = 1/(1 + v0)."""
+    """A fresh state: weights ~ U(0, w_init) from ``spec.seed``, A = I, π = 1/(1 + v0);
+    the forecast starts as persistence of the trace (g = 0, ρ = 1, R = 0)."""
     rng = np.random.default_rng(spec.seed)
     n1, n2, d1, d2, k1, k2 = spec.n1, spec.n2, spec.d1, spec.d2, spec.k1, spec.k2
     nw1 = n1 if spec.per_column_weights else 1
@@ -159,9 +165,11 @@ def init_state(spec: ModelSpec) -> State:
         W2=w2, S2=np.full((nw2, d2, k2), spec.s2_init),
         A=np.repeat(np.eye(kt)[None], na, axis=0), SA=np.full((na, kt, kt), spec.a_s2_init),
         vA=np.ones((nt, kt), f8), muprev=np.zeros((nt, kt), f8),
-        rho=np.zeros((n1, d1), f8), srho=np.full((n1, d1), spec.s2_init),
+        gh=np.zeros((n1, d1), f8), sgh=np.full((n1, d1), spec.s2_init),
+        rho=np.ones((n1, d1), f8), srho=np.full((n1, d1), spec.s2_init),
         R=np.zeros((1, 2, 8), f8), SR=np.full((1, 2, 8), spec.s2_init),
-        eprev=np.zeros((n1, d1), f8), fprev=np.zeros((n1, d1), f8),
+        zprev=np.zeros((n1, d1), f8), hprev=np.zeros((n1, d1), f8),
+        fprev=np.zeros((n1, d1), f8),
         vF=np.ones((n1, d1), f8),
         clock=np.zeros(4, np.int64), counters=np.zeros(5, np.int64),
         baseline=np.array([0.0, 1.0], f8),
