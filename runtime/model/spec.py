@@ -41,9 +41,9 @@ class ModelSpec:
     horizon_us: int = 10_000  # temporal prediction horizon Δ
     tick_us: int = 1_000  # clock of the sparse sweeps and relaxation (divides horizon_us)
     learn_us: int = 5_000  # learning epoch: weights and precisions update at multiples of it
-    relax_steps: int = 8  # belief relaxation iterations per tick (the belief units' clock)
+    relax_steps: int = 2  # belief relaxation iterations per tick (the belief units' clock)
     settle: float = 0.1  # a column whose beliefs moved less than this in a step rests
-    curv_mix: float = 1.0  # γ: share of the other beliefs' overlap in each step's curvature
+    curv_mix: float = 0.25  # γ: share of the other beliefs' overlap in each step's curvature
     homeo_rate: float = 0.0  # target error spikes per column per tick (0: no homeostasis)
     homeo_eta: float = 0.2  # homeostatic gain rate per learning epoch
     theta_e: float = 0.1  # error-unit sigma-delta threshold, in error standard deviations
