@@ -119,8 +119,8 @@ def make_params(spec: ModelSpec) -> Params:
         pi_prior=spec.pi_prior, q=spec.q, alpha=spec.alpha, v0=spec.v0, pi_min=spec.pi_min,
         pi_max=spec.pi_max, w_max=spec.w_max, a_q=spec.a_q, z_off=spec.z_off,
         beta=spec.baseline_beta, qs=spec.q_scale, per_col=spec.per_column_weights,
-        relax_steps=spec.relax_steps, learn_us=spec.learn_us, settle=spec.settle, curv_mix=spec.curv_mix,
-        homeo_rate=spec.homeo_rate, homeo_eta=spec.homeo_eta,
+        relax_steps=spec.relax_steps, learn_us=spec.learn_us, settle=spec.settle,
+        curv_mix=spec.curv_mix, homeo_rate=spec.homeo_rate, homeo_eta=spec.homeo_eta,
     )
 
 
