@@ -136,7 +136,8 @@ def readout_messages(
     return [
         ("beliefs", beliefs, {"layers": len(r.mu)}),
         ("prediction", {"rate_hz": r.rate_hz, "rate_var": r.rate_var}, prediction_meta),
-        ("surprise", {"map": r.surprise_map, "total": np.array(r.surprise_total, np.float64),
+        ("surprise", {"map": r.surprise_map, "zmap": r.surprise_zmap,
+                      "total": np.array(r.surprise_total, np.float64),
                       "zscore": np.array(r.surprise_z, np.float64)},
          {"total": r.surprise_total, "zscore": r.surprise_z, "free_energy": r.free_energy}),
     ]

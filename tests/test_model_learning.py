@@ -128,3 +128,35 @@ def test_predictive_intervals_are_calibrated(kind: str) -> None:
         prev = (r.rate_hz.astype(np.float64), r.rate_var.astype(np.float64), act)
     assert total > 10_000
     assert 0.80 <= hits / total <= 0.97, hits / total
+
+
+def test_column_surprise_zscores_localise_a_novel_stimulus() -> None:
+    """After 1.5 s of stationary noise, a 30 ms flash in one column stands out in the
+    per-column z-scores while the other columns stay near their own baselines."""
+    from augury.events import EVENT_DTYPE
+
+    spec = ModelSpec(width=128, height=96, pool=4)
+    t1, t2 = 1_500_000, 1_530_000
+    background = noise(128, 96, t2, 20.0, seed=3)
+    rng = np.random.default_rng(4)
+    n = 8 * 8 * 2_000 * (t2 - t1) // 1_000_000  # 2 kHz per pixel on an 8 × 8 px square
+    flash = np.empty(n, EVENT_DTYPE)
+    flash["t"] = rng.integers(t1, t2, n)
+    flash["x"] = rng.integers(40, 48, n)  # pooled cells 10–11: column (2, 2) of 4 × 4 cells
+    flash["y"] = rng.integers(40, 48, n)
+    flash["p"] = 1
+    ev = np.concatenate([background, flash])
+    ev = ev[np.argsort(ev["t"], kind="stable")]
+    net = Network(spec)
+    quiet = None
+    for b in windows(ev, 0, t2, spec.horizon_us):
+        r = net.step(b)
+        if b.t_end_us == t1:
+            quiet = r.surprise_zmap.copy()
+    assert quiet is not None
+    z = r.surprise_zmap
+    assert z.shape == spec.grid1 and z.dtype == np.float32
+    others = np.delete(z.ravel(), 2 * spec.grid1[1] + 2)
+    assert z[2, 2] > 5.0, z
+    assert np.median(np.abs(others)) < 2.0, z
+    assert np.median(np.abs(quiet)) < 2.0, quiet  # before the flash nothing stands out

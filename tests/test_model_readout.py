@@ -28,7 +28,7 @@ def assert_same_readout(new: Readout, ref: Readout, what: str = "") -> None:
     assert new.t_us == ref.t_us, what
     fields = [("mu", new.mu, ref.mu), ("sigma", new.sigma, ref.sigma)]
     fields += [(n, [getattr(new, n)], [getattr(ref, n)])
-               for n in ("rate_hz", "rate_var", "surprise_map")]
+               for n in ("rate_hz", "rate_var", "surprise_map", "surprise_zmap")]
     for name, xs, ys in fields:
         assert len(xs) == len(ys), f"{what} {name}: {len(xs)} vs {len(ys)} layers"
         for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
@@ -119,6 +119,7 @@ def _random_state(spec: ModelSpec, rng: np.random.Generator) -> State:
         A=rng.normal(0, 0.5, st.A.shape), rho=pos(st.rho, 0, 1), R=pos(st.R, 0, 0.3),
         gh=pos(st.gh, 0, 1),
         vF=pos(st.vF, 0.01, 3), baseline=np.array([rng.uniform(0, 50), rng.uniform(1, 9)]),
+        sbase1=np.stack([pos(st.tcol, 0, 5), pos(st.tcol, 0.1, 4)], axis=1),
     )
 
 

@@ -791,6 +791,23 @@ def _surprise(st: State, p: Params) -> float:
 
 
 @_kernel
+def _column_baselines(st: State, p: Params) -> None:
+    """Per-column surprise baselines at a horizon tick: s_j = Σ_d ½ π_jd e_jd² of each active
+    column, m_j ← m_j + β (s_j − m_j), v_j ← (1 − β)(v_j + β (s_j − m_j)²) (the total's rule)."""
+    for j in range(st.active.shape[0]):
+        if st.active[j] == 0:
+            continue
+        s = 0.0
+        for d in range(p.d1):
+            e = st.z1[j, d] - st.xhat1[j, d]
+            s += 0.5 * st.pi1[j, d] * e * e
+        m = st.sbase1[j, 0]
+        dv = s - m
+        st.sbase1[j, 0] = m + p.beta * dv
+        st.sbase1[j, 1] = (1.0 - p.beta) * (st.sbase1[j, 1] + p.beta * dv * dv)
+
+
+@_kernel
 def _silence(st: State, sc: Scratch, p: Params, j: int) -> None:
     """Reset column j whose traces all fell below z_off: μ = 0 is then the exact posterior."""
     st.active[j] = 0
@@ -883,6 +900,7 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
         dv = f - m
         st.baseline[0] = m + p.beta * dv
         st.baseline[1] = (1.0 - p.beta) * (st.baseline[1] + p.beta * dv * dv)
+        _column_baselines(st, p)
     for j in range(n1):
         if epoch and st.active[j]:
             zmax = 0.0

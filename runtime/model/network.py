@@ -53,6 +53,8 @@ class Readout:
     rate_var: its predictive variance (v_F + g² Σ_k W² σ²)/τ², (events/s)², same shape, where
       v_F is each channel's running variance of its own Δ-ahead forecast error.
     surprise_map: Σ ½ π e² of layer-1 errors per column, shape (rows1, cols1);
+    surprise_zmap: each active column's surprise as a z-score against its own running
+    baseline (mean and variance at horizon ticks), 0 in silent columns, shape (rows1, cols1);
     surprise_total: the same summed, plus layer-2 errors; surprise_z: its z-score against
     the running baseline; free_energy: F = Σ [½ π e² − ½ ln π] over active units
     + λ Σ μ + ½ π_prior Σ μ_top².
@@ -65,6 +67,7 @@ class Readout:
     rate_hz: np.ndarray
     rate_var: np.ndarray
     surprise_map: np.ndarray
+    surprise_zmap: np.ndarray
     surprise_total: float
     surprise_z: float
     free_energy: float
@@ -366,10 +369,19 @@ def compute_readout(spec: ModelSpec, st: State, t_us: int) -> Readout:
     mean, bvar = float(st.baseline[0]), float(st.baseline[1])
     return Readout(
         t_us=int(t_us), mu=mu, sigma=sigma, rate_hz=rate_hz, rate_var=rate_var,
-        surprise_map=s_map, surprise_total=float(total),
+        surprise_map=s_map, surprise_zmap=column_zscores(spec, st, s_col),
+        surprise_total=float(total),
         surprise_z=(total - mean) / float(np.sqrt(bvar + 1e-12)), free_energy=float(fe),
         spikes_up=0, spikes_down=0, synops=0, events=0,
     )
+
+
+def column_zscores(spec: ModelSpec, st: State, s_col: np.ndarray) -> np.ndarray:
+    """(s_j − m_j) / √v_j per layer-1 column against its own baseline (``st.sbase1``), 0 where
+    the column is silent; s_col (n1,) is each column's surprise Σ ½ π e² (nats). Returns a
+    fresh float32 array of shape (rows1, cols1)."""
+    z = (np.asarray(s_col, np.float64) - st.sbase1[:, 0]) / np.sqrt(st.sbase1[:, 1] + 1e-12)
+    return np.where(st.active != 0, z, 0.0).reshape(spec.grid1).astype(np.float32)
 
 
 def compute_readout_numpy(spec: ModelSpec, st: State, t_us: int) -> Readout:
@@ -407,6 +419,7 @@ def compute_readout_numpy(spec: ModelSpec, st: State, t_us: int) -> Readout:
         rate_hz=column_to_map(spec, xp / tau_s).astype(np.float32),
         rate_var=column_to_map(spec, pvar / tau_s**2).astype(np.float32),
         surprise_map=s_col.reshape(spec.grid1).astype(np.float32),
+        surprise_zmap=column_zscores(spec, st, s_col),
         surprise_total=total,
         surprise_z=(total - mean) / float(np.sqrt(bvar + 1e-12)),
         free_energy=fe,

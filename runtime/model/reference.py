@@ -460,6 +460,14 @@ def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
         m = st.baseline[0]
         st.baseline[0] = m + p.beta * (f - m)
         st.baseline[1] = (1.0 - p.beta) * (st.baseline[1] + p.beta * (f - m) ** 2)
+        for j in np.flatnonzero(st.active):  # per-column baselines, same rule
+            e = st.z1[j] - st.xhat1[j]
+            s = 0.0
+            for d in range(p.d1):
+                s += 0.5 * st.pi1[j, d] * e[d] * e[d]
+            m = st.sbase1[j, 0]
+            st.sbase1[j, 0] = m + p.beta * (s - m)
+            st.sbase1[j, 1] = (1.0 - p.beta) * (st.sbase1[j, 1] + p.beta * (s - m) ** 2)
     for j in np.flatnonzero(st.active):
         if epoch and st.z1[j].max() < p.z_off:
             silence(st, sc, p, j)

@@ -24,7 +24,9 @@ Temporal (top layer): A, SA weights and their variances; vA error variance; mupr
   trace forecast x'_{T+Δ} made at the last horizon tick T, vF the running variance of its
   error, (n1, D1).
 clock: [t_now_us, next_tick_us, started, n_active]; counters: [events, spikes_up,
-spikes_down, synops, ticks]; baseline: [mean, variance] of the surprise at horizon ticks.
+spikes_down, synops, ticks]; baseline: [mean, variance] of the surprise at horizon ticks;
+sbase1 (n1, 2): [mean, variance] of each layer-1 column's own surprise Σ_d ½ π e² at the
+horizon ticks when it was active (the per-column z-score's running baseline).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class State(NamedTuple):
     clock: np.ndarray
     counters: np.ndarray
     baseline: np.ndarray
+    sbase1: np.ndarray
 
 
 class Scratch(NamedTuple):
@@ -173,6 +176,7 @@ def init_state(spec: ModelSpec) -> State:
         vF=np.ones((n1, d1), f8),
         clock=np.zeros(4, np.int64), counters=np.zeros(5, np.int64),
         baseline=np.array([0.0, 1.0], f8),
+        sbase1=np.repeat(np.array([[0.0, 1.0]], f8), n1, axis=0),
     )
     if spec.fixed_point:
         s = spec.q_scale

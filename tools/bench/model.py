@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tools.bench.model [--quick] [--events N]
+    python -m tools.bench.model [--quick] [--events N] [--spec key=value ...]
 
 Input: real Prophesee recordings replayed as fast as possible (``evt3_sample.raw``,
 1280×720, a 25 Mev/s burst; looped with t shifted by the recording's span each loop), cut
@@ -132,8 +132,9 @@ def dense_run(spec: ModelSpec, ev: np.ndarray, t1_us: int) -> None:
             w1 = np.clip(w1 + dw, 0.0, spec.w_max)
 
 
-def throughput(ev: np.ndarray, w: int, h: int, *, learn: bool = True) -> tuple[float, Network]:
-    spec = ModelSpec(width=w, height=h)
+def throughput(ev: np.ndarray, w: int, h: int, *, learn: bool = True,
+               overrides: dict[str, object] | None = None) -> tuple[float, Network]:
+    spec = ModelSpec(width=w, height=h, **(overrides or {}))
     net = Network(spec)
     if not learn:
         net.freeze_learning()
@@ -142,11 +143,11 @@ def throughput(ev: np.ndarray, w: int, h: int, *, learn: bool = True) -> tuple[f
 
 
 def ratios(ev: np.ndarray, w: int, h: int, n_small: int, n_ref: int,
-           pool: int) -> dict[str, float]:
+           pool: int, overrides: dict[str, object]) -> dict[str, float]:
     """events/s of numba and dense on the first n_small events, of the reference on the
     first n_ref of them (its per-event cost is flat; it is too slow for more), learning on."""
     small = ev[:n_small]
-    spec = ModelSpec(width=w, height=h, pool=pool)
+    spec = ModelSpec(width=w, height=h, **{"pool": pool, **overrides})
     bs = batches(small, 10_000)
     Network(spec).step(bs[0])  # warm (compiled/cached)
     rates = {"numba": small.size / timed_run(Network(spec), bs)}
@@ -163,8 +164,9 @@ def ratios(ev: np.ndarray, w: int, h: int, n_small: int, n_ref: int,
     }
 
 
-def loglik(ev: np.ndarray, w: int, h: int, pool: int) -> dict[str, float]:
-    spec = ModelSpec(width=w, height=h, pool=pool)
+def loglik(ev: np.ndarray, w: int, h: int, pool: int,
+           overrides: dict[str, object]) -> dict[str, float]:
+    spec = ModelSpec(width=w, height=h, **{"pool": pool, **overrides})
     net = Network(spec)
     bs = batches(ev, spec.horizon_us)
     board = ScoreBoard(spec, spec.horizon_us, warmup_us=bs[-1].t_end_us // 3)
@@ -172,12 +174,15 @@ def loglik(ev: np.ndarray, w: int, h: int, pool: int) -> dict[str, float]:
     return board.per_event()
 
 
-def run(quick: bool, n_events: int | None) -> dict[str, object]:
+def run(quick: bool, n_events: int | None,
+        overrides: dict[str, object] | None = None) -> dict[str, object]:
+    """All figures for the default spec, or the spec with ``overrides`` (ModelSpec fields)."""
+    ov = overrides or {}
     ev0, w, h = load(EVT3)
     n = n_events or (1_000_000 if quick else 10_000_000)
     ev = looped(ev0, n)
-    throughput(ev[:50_000], w, h)  # compile / load the numba cache outside the timing
-    learn_rate, net = throughput(ev, w, h, learn=True)
+    throughput(ev[:50_000], w, h, overrides=ov)  # compile / load the cache outside the timing
+    learn_rate, net = throughput(ev, w, h, learn=True, overrides=ov)
     c = net.state.counters
     frozen = Network(net.spec)
     frozen.load_state_dict(net.state_dict())
@@ -187,11 +192,11 @@ def run(quick: bool, n_events: int | None) -> dict[str, object]:
     infer_rate = ev2.size / timed_run(frozen, batches(ev2, 10_000, net.t_us))
     state_mb = sum(a.nbytes for a in net.state) / 2**20
     small_n, ref_n = (200_000, 10_000) if quick else (1_000_000, 30_000)
-    burst = ratios(ev, w, h, small_n, ref_n, 8)
+    burst = ratios(ev, w, h, small_n, ref_n, 8, ov)
     rot, rw, rh = load(ROTDISK)
-    sparse = ratios(rot, rw, rh, min(small_n, rot.size), ref_n, 4)
-    ll_burst = loglik(looped(ev0, 2_000_000 if quick else 4_000_000), w, h, 8)
-    ll_rot = loglik(rot, rw, rh, 4)
+    sparse = ratios(rot, rw, rh, min(small_n, rot.size), ref_n, 4, ov)
+    ll_burst = loglik(looped(ev0, 2_000_000 if quick else 4_000_000), w, h, 8, ov)
+    ll_rot = loglik(rot, rw, rh, 4, ov)
     return {
         "learn_mev_s": learn_rate / 1e6,
         "infer_mev_s": infer_rate / 1e6,
@@ -216,10 +221,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 M events, small ratios (< 1 min)")
     ap.add_argument("--events", type=int, default=None, help="events replayed (default 10 M)")
+    ap.add_argument("--spec", nargs="*", default=[],
+                    help="ModelSpec overrides key=value (JSON values), e.g. relax_steps=8")
     args = ap.parse_args(argv)
     if not EVT3.exists():
         raise SystemExit(f"{EVT3} is missing (the shared data directory is needed)")
-    res = run(args.quick, args.events)
+    try:
+        overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.spec)}
+    except ValueError as e:
+        raise SystemExit(f"--spec expects key=value with a JSON value: {e}") from None
+    res = run(args.quick, args.events, overrides)
     for k, v in res.items():
         if isinstance(v, dict):
             print(f"{k}: " + ", ".join(f"{a}={b:.4g}" for a, b in v.items()))
