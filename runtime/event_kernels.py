@@ -44,3 +44,40 @@ def validate_kernel(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray,
             if t[i] > run_max:
                 run_max = t[i]
     return n_oob, n_badp, n_back, needs_sort
+
+
+SPLIT_OK, SPLIT_X, SPLIT_Y, SPLIT_P, SPLIT_T_RANGE, SPLIT_T_BACK = range(6)
+"""Codes returned by ``split_checked_kernel`` (the field of the first bad event)."""
+
+
+@njit(cache=True, nogil=True)
+def split_checked_kernel(ev: np.ndarray, width: int, height: int, t_start_us: int,
+                         t_end_us: int, t: np.ndarray, x: np.ndarray, y: np.ndarray,
+                         p: np.ndarray) -> tuple[int, int]:
+    """Copy the fields of EVENT_DTYPE records ``ev`` (n,) into the columns t, x, y, p (n,)
+    while checking the stream contract; stops at the first bad event.
+
+    Returns (index, code): code is SPLIT_OK (index = n) or the first failing check of the
+    first bad event, in the order x < width, y < height, p ∈ {0, 1},
+    t_start_us ≤ t < t_end_us (µs), t not below its predecessor.
+    """
+    prev = t_start_us
+    for i in range(ev.shape[0]):
+        r = ev[i]
+        ti = r["t"]
+        if r["x"] >= width:
+            return i, SPLIT_X
+        if r["y"] >= height:
+            return i, SPLIT_Y
+        if r["p"] > 1:
+            return i, SPLIT_P
+        if ti < t_start_us or ti >= t_end_us:
+            return i, SPLIT_T_RANGE
+        if ti < prev:
+            return i, SPLIT_T_BACK
+        prev = ti
+        t[i] = ti
+        x[i] = r["x"]
+        y[i] = r["y"]
+        p[i] = r["p"]
+    return ev.shape[0], SPLIT_OK

@@ -109,6 +109,7 @@ def _ev(ts: list[int], xs: list[int], ys: list[int], ps: list[int]) -> np.ndarra
     (_ev([5], [1], [48], [0]), "event 0: y outside"),
     (_ev([5], [1], [1], [2]), "event 0: p not in"),
     (_ev([1000], [1], [1], [0]), r"event 0: t outside \[0, 1000\)"),
+    (_ev([5, 6, 7], [1, 1, 64], [1, 48, 1], [0, 0, 0]), "event 1: y outside"),  # first bad
 ])
 def test_step_rejects_bad_batches(ev: np.ndarray, match: str) -> None:
     net = Network(ModelSpec(width=64, height=48), backend="reference")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from augury import event_kernels as ek
 from augury.events import EVENT_DTYPE, EventBatch, EventFormatError
 from augury.model import kernels, reference
 from augury.model import readout_kernels as rk
@@ -127,7 +128,7 @@ class Network:
     def advance(self, batch: EventBatch) -> StepCounts:
         """Feed one batch like ``step`` but skip the read-out (a daemon reads out only when
         it publishes); returns the counts of this step."""
-        ev = self._check(batch)
+        t, x, y, p = self._check(batch)
         st = self.state
         if not st.clock[K_STARTED]:
             tick = self.spec.tick_us
@@ -136,9 +137,8 @@ class Network:
             st.clock[K_TNOW] = batch.t_start_us
         self._last_counts_base = st.counters.copy()
         run = kernels.run_batch if self.backend == "numba" else reference.run_batch
-        run(st, self._scratch, self.params, np.ascontiguousarray(ev["t"]),
-            np.ascontiguousarray(ev["x"]), np.ascontiguousarray(ev["y"]),
-            np.ascontiguousarray(ev["p"]), int(batch.t_end_us), bool(self.learning))
+        run(st, self._scratch, self.params, t, x, y, p, int(batch.t_end_us),
+            bool(self.learning))
         return self.last_counts()
 
     def last_counts(self) -> StepCounts:
@@ -150,7 +150,11 @@ class Network:
                           spikes_down=int(c[C_DOWN] - last[C_DOWN]),
                           synops=int(c[C_SYNOPS] - last[C_SYNOPS]))
 
-    def _check(self, batch: EventBatch) -> np.ndarray:
+    def _check(self, batch: EventBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray]:
+        """The batch's fields as contiguous columns (t, x, y, p), after checking the stream
+        contract in one compiled pass; EventFormatError names the batch, the first bad
+        event's index and the field."""
         src = f"batch {batch.seq}"
         ev = batch.events
         if ev.dtype != EVENT_DTYPE:
@@ -163,26 +167,22 @@ class Network:
         if st.clock[K_STARTED] and batch.t_start_us < st.clock[K_TNOW]:
             raise EventFormatError(f"t_start_us={batch.t_start_us} is before the time already "
                                    f"reached ({int(st.clock[K_TNOW])} µs)", source=src)
-        if ev.size == 0:
-            return ev
-        t = ev["t"]
-        checks = (
-            ("x", ev["x"] >= self.spec.width, f"x outside 0..{self.spec.width - 1}"),
-            ("y", ev["y"] >= self.spec.height, f"y outside 0..{self.spec.height - 1}"),
-            ("p", ev["p"] > 1, "p not in {0, 1}"),
-            ("t", (t < batch.t_start_us) | (t >= batch.t_end_us),
-             f"t outside [{batch.t_start_us}, {batch.t_end_us}) µs"),
-        )
-        for _name, bad, what in checks:
-            if bad.any():
-                i = int(np.argmax(bad))
-                raise EventFormatError(f"event {i}: {what}", source=src)
-        if t.size > 1:
-            back = t[1:] < t[:-1]
-            if back.any():
-                i = int(np.argmax(back)) + 1
-                raise EventFormatError(f"event {i}: field t goes backwards", source=src)
-        return ev
+        n = ev.size
+        cols = (np.empty(n, np.int64), np.empty(n, np.uint16), np.empty(n, np.uint16),
+                np.empty(n, np.uint8))
+        if n == 0:
+            return cols
+        i, code = ek.split_checked_kernel(np.ascontiguousarray(ev), self.spec.width,
+                                          self.spec.height, int(batch.t_start_us),
+                                          int(batch.t_end_us), *cols)
+        if code != ek.SPLIT_OK:
+            what = {ek.SPLIT_X: f"x outside 0..{self.spec.width - 1}",
+                    ek.SPLIT_Y: f"y outside 0..{self.spec.height - 1}",
+                    ek.SPLIT_P: "p not in {0, 1}",
+                    ek.SPLIT_T_RANGE: f"t outside [{batch.t_start_us}, {batch.t_end_us}) µs",
+                    ek.SPLIT_T_BACK: "field t goes backwards"}[code]
+            raise EventFormatError(f"event {i}: {what}", source=src)
+        return cols
 
     # -- readout --------------------------------------------------------------------------
     def readout(self) -> Readout:
