@@ -1,8 +1,11 @@
 """Numba kernels: the event-driven step of the predictive-coding network over a batch.
 
-Everything here is a module-level ``@njit(cache=True)`` function (``_kernel``) over the arrays of
-``State`` (see state.py) and the scalars of ``Params``; ``reference.py`` holds the same
-equations in plain NumPy, and docs/model.md derives them. Per input event (t µs, pooled
+Everything here is a module-level ``@njit(cache=True, nogil=True)`` function (``_kernel``)
+over the arrays of ``State`` (see state.py) and the scalars of ``Params``; ``reference.py``
+holds the same equations in plain NumPy, and docs/model.md derives them. The GIL is released
+while a batch runs (other threads, e.g. a reader decoding the next chunk, keep going); a
+``Network`` itself must be used from one thread at a time (the daemon confines it, and the
+control requests that touch it, to its engine thread). Per input event (t µs, pooled
 channel d of column j) only the trace and that channel's error unit are touched:
 
     z_jd ← z_jd + e^{(t − t_j)/τ}     (traces anchored at t_j, the column's last tick: lazy)
@@ -62,9 +65,9 @@ from augury.model.state import (
     State,
 )
 
-_kernel = njit(_nrt=False, cache=True)
+_kernel = njit(_nrt=False, cache=True, nogil=True)
 """Decorator of every kernel (no allocation inside, so no reference counting needed)."""
-_inline = njit(_nrt=False, cache=True, inline="always")
+_inline = njit(_nrt=False, cache=True, nogil=True, inline="always")
 """Decorator of the small per-event helpers (inlined at the Numba-IR level)."""
 
 
