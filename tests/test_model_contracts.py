@@ -153,6 +153,45 @@ def test_silence_costs_nothing() -> None:
     assert np.all(net.state.mu1 == 0) and np.all(net.state.z1 == 0)
 
 
+def _events(ts: list[int], xs: list[int], ys: list[int]) -> np.ndarray:
+    from augury.events import EVENT_DTYPE
+
+    ev = np.zeros(len(ts), EVENT_DTYPE)
+    ev["t"], ev["x"], ev["y"], ev["p"] = ts, xs, ys, 1
+    return ev
+
+
+def test_quiet_columns_are_polled_only_at_epochs() -> None:
+    """A column that got one event and rested is decayed and swept only at learning epochs
+    (every 5 ms here) while a busy column elsewhere keeps the 1 ms clock running; its
+    traces stay exact: the read-out's trace is Σ e^{−(t − t_i)/τ} over its events."""
+    from augury.model.network import traces_at
+
+    spec = ModelSpec(width=96, height=64, pool=4, tick_us=1_000, learn_us=5_000,
+                     horizon_us=10_000)
+    busy_t = np.arange(0, 23_000, 50)  # column 0 gets an event every 50 µs
+    quiet_t = [200, 300]  # column (1, 2) gets two events early, then nothing
+    ev = np.concatenate([_events(list(busy_t), [1] * busy_t.size, [1] * busy_t.size),
+                         _events(quiet_t, [40, 41], [20, 21])])
+    ev = ev[np.argsort(ev["t"], kind="stable")]
+    net = Network(spec)
+    quiet = (20 // spec.pool // spec.column) * spec.grid1[1] + 40 // spec.pool // spec.column
+    assert quiet != 0
+    polls = []
+    for b in windows(ev, 0, 23_000, spec.tick_us):
+        net.step(b)
+        polls.append(int(net.state.tcol[quiet]))
+        assert net.state.tcol[0] == b.t_end_us  # the busy column is polled every tick
+    # once its beliefs settled, the quiet column's anchor moves only at epochs (5 ms) and
+    # at the tick after one (the epoch's weight change wakes every column for a step)
+    late = sorted(set(polls[10:]))
+    assert set(late) <= {10_000, 11_000, 15_000, 16_000, 20_000, 21_000}, polls
+    assert {15_000, 20_000} <= set(late), polls
+    z = traces_at(spec, net.state, 23_000)[quiet]
+    want = sum(np.exp(-(23_000 - t) / spec.tau_us) for t in quiet_t)
+    assert z.sum() == pytest.approx(want, rel=1e-12)
+
+
 def test_readout_is_repeatable() -> None:
     net = Network(SPEC)
     r1 = net.step(batches(EV, 0, 20_000, [])[0])
