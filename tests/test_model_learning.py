@@ -99,7 +99,7 @@ def test_predictions_on_real_rotating_disk() -> None:
     t1 = int(ev["t"][-1]) // spec.horizon_us * spec.horizon_us
     _, s = _score(spec, ev, t1, t1 // 3)
     assert s["gain_vs_persistence"] > 0.2, s
-    assert s["gain_vs_ema"] > 0.0, s
+    assert s["gain_vs_ema"] > 0.04, s  # measured +0.079 (docs/results.md)
 
 
 @pytest.mark.parametrize("kind", ["noise", "bars"])
