@@ -35,6 +35,7 @@ from augury.adapters.ring import EventRing
 from augury.checkpoint import CheckpointManager
 from augury.control import ControlServer
 from augury.events import EventBatch
+from augury.model.compat import reconcile
 from augury.model.network import Network, Readout
 from augury.publish import Publisher
 
@@ -404,17 +405,23 @@ class Pipeline:
 def restore_network(network: Network, checkpoints: CheckpointManager) -> Path | None:
     """Load the newest valid checkpoint into ``network``; None if there is none.
 
-    Raises ValueError if the checkpoint was made with another model spec (never silently
-    discards learned state: the user must move the state directory or match the config).
+    Learned state is kept across changed hyper-parameters and across versions that added or
+    removed state arrays (``augury.model.compat``; each difference is logged). Raises
+    ValueError if the checkpoint was written for another network geometry (sensor, pooling,
+    columns, beliefs, layers): learned state is then never discarded silently, the user
+    must move the state directory or match the configuration.
     """
     found = checkpoints.load_latest()
     if found is None:
         return None
-    spec = found.meta.get("spec")
-    if spec != network.spec_json():
-        raise ValueError(f"checkpoint {found.path} was written with another model spec; "
-                         "use the same [model] settings and sensor, or another --state-dir")
-    network.load_state_dict(found.arrays)
+    try:
+        fitted = reconcile(str(found.meta.get("spec")), dict(found.arrays), network.spec)
+        network.load_state_dict(fitted.arrays)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {found.path}: {exc}; use the same sensor and [model] "
+                         "geometry, or another --state-dir") from None
+    if fitted.summary():
+        log.warning("resumed %s with changes: %s", found.path, fitted.summary())
     if found.meta.get("learning", True):
         network.resume_learning()
     else:
