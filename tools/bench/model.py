@@ -15,7 +15,8 @@ readout included), default ModelSpec for the sensor. Reported:
 * ratio_vs_reference: numba events/s ÷ ``reference.py`` events/s on a smaller input
   (numba on its first 200 k / 1 M events, the reference on the first 10 k / 30 k of them);
 * ratio_vs_dense: numba events/s ÷ a clocked dense NumPy implementation of the same
-  equations (1 ms ticks, every column every tick) on the same 200 k / 1 M events;
+  equations (1 ms ticks, every column every tick, both layers and the forecast units) on
+  the same 200 k / 1 M events;
   both ratios are given for the dense burst and for a sparse real recording (DAVIS
   rotating disk, 0.12 Mev/s), because the dense engine's cost scales with area × time;
 * loglik_gain_vs_persistence / loglik_gain_vs_ema (nats/event) of the learned model's
@@ -87,49 +88,138 @@ def timed_run(net: Network, bs: list[EventBatch], board: ScoreBoard | None = Non
 
 
 # -- the clocked dense engine -------------------------------------------------------------
-def dense_run(spec: ModelSpec, ev: np.ndarray, t1_us: int) -> None:
+def _blocks(spec: ModelSpec) -> np.ndarray:
+    """(n2, 4) layer-1 column of each quadrant of every layer-2 column, −1 off the grid."""
+    r1, c1 = spec.grid1
+    r2, c2 = spec.grid2
+    by, bx = np.divmod(np.arange(r2 * c2), c2)
+    cy = 2 * by[:, None] + np.array([0, 0, 1, 1])[None, :]
+    cx = 2 * bx[:, None] + np.array([0, 1, 0, 1])[None, :]
+    return np.where((cy < r1) & (cx < c1), cy * c1 + cx, -1)
+
+
+def _kalman(w: np.ndarray, s2: np.ndarray, grad: np.ndarray, info: np.ndarray, q: float,
+            hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """The Bayesian-synapse step with soft bounds [0, hi] on a whole weight matrix."""
+    s2 = 1.0 / (1.0 / (s2 + q) + info)
+    dw = s2 * grad
+    dw = np.where(dw > 0, dw * (hi - w) / hi, dw * w / hi)
+    return np.clip(w + dw, 0.0, hi), s2
+
+
+def dense_run(spec: ModelSpec, ev: np.ndarray, t1_us: int) -> dict[str, np.ndarray]:
     """The same equations, clocked: every tick, every column, full (not sigma-delta) messages.
 
-    Per tick_us: z ← z e^{−Δt/τ} + counts; then ``relax_steps`` times: ε = π (z − x̂),
-    μ1 ← max(0, μ1 + κ (W1ᵀ ε − π_prior μ1 − λ)/h1), x̂ = W1 μ1 (one layer); every
-    learn_us: precisions and W1 by the same Kalman rule. Vectorised NumPy over all n1
-    columns, so its cost scales with sensor area × time, not with events.
+    Per tick_us: z ← z e^{−Δt/τ} + counts; then ``relax_steps`` times, both layers:
+    ε1 = π1 (z − W1 μ1), ε2 = π2 (μ1 of the 4 children − W2 μ2),
+    μ1 ← max(0, μ1 + κ (W1ᵀ ε1 − ε2 − λ)/h1), μ2 ← max(0, μ2 + κ (W2ᵀ ε2 − π_prior μ2 − λ)/h2)
+    with h from ``curv_mix``; every learn_us: precisions and W1, W2 by the Kalman rule; every
+    Δ: the forecast units x' = g W1 μ1 + ρ z + Σ_o R_o z_{+o} and their learning on the
+    forecast error (A stays at the identity here, which leaves the hierarchy's forecast at
+    W1 μ1, and the forecast weights take the Bayesian step with their variance held at s²₀:
+    the same operations, simpler bookkeeping). Vectorised NumPy over all columns, so its
+    cost scales with sensor area × time, not with events. Returns the final beliefs ``mu1``
+    (n1, K1), ``mu2`` (n2, K2) and forecast ``fprev`` (n1, D1).
     """
     n1, d1, k1 = spec.n1, spec.d1, spec.k1
+    n2, d2, k2 = spec.n2, spec.d2, spec.k2
     hp, wp = spec.pooled_shape
     r1, c1 = spec.grid1
+    c = spec.column
     rng = np.random.default_rng(spec.seed)
     w1 = rng.uniform(0, spec.w_init, (d1, k1))
+    w2 = rng.uniform(0, spec.w_init, (d2, k2))
     s1 = np.full((d1, k1), spec.s2_init)
+    s2w = np.full((d2, k2), spec.s2_init)
     z = np.zeros((n1, d1))
     mu = np.zeros((n1, k1))
-    v = np.ones((n1, d1))
-    pi = np.full((n1, d1), 1.0 / (1.0 + spec.v0))
+    mu2 = np.zeros((n2, k2))
+    pi0 = 1.0 / (1.0 + spec.v0)
+    v, pi = np.ones((n1, d1)), np.full((n1, d1), pi0)
+    v2, pi2 = np.ones((n2, d2)), np.full((n2, d2), pi0)
+    rho, g, rr = np.ones((n1, d1)), np.zeros((n1, d1)), np.zeros((2, 8))
+    vf = np.ones((n1, d1))
+    fprev = np.zeros((n1, d1))
+    kids = _blocks(spec)
+    valid = (kids >= 0)[:, :, None]
+    kid = np.where(kids >= 0, kids, 0)
+    gam = spec.curv_mix
     tick = spec.tick_us
     f = math.exp(-tick / spec.tau_us)
-    c = spec.column
     edges = np.arange(0, t1_us + tick, tick)
     cuts = np.searchsorted(ev["t"], edges)
+
+    def curv(w: np.ndarray, p: np.ndarray, prior: np.ndarray | float) -> np.ndarray:
+        mix = (1.0 - gam) * w + gam * w.sum(axis=1, keepdims=True)
+        return prior + p @ (w * mix)
+
+    def to_map(a: np.ndarray) -> np.ndarray:
+        m = np.zeros((r1 * c + 2, c1 * c + 2, 2))
+        m[1:-1, 1:-1] = a.reshape(r1, c1, c, c, 2).transpose(0, 2, 1, 3, 4).reshape(
+            r1 * c, c1 * c, 2)
+        return m
+
+    def neighbours(a: np.ndarray) -> np.ndarray:
+        """(8, n1, d1): each channel's 8 neighbouring cells' values, same polarity."""
+        m = to_map(a)
+        out = []
+        for oy, ox in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
+            sh = m[1 + oy:m.shape[0] - 1 + oy, 1 + ox:m.shape[1] - 1 + ox]
+            out.append(sh.reshape(r1, c, c1, c, 2).transpose(0, 2, 1, 3, 4).reshape(n1, d1))
+        return np.stack(out)
+
     for i in range(len(edges) - 1):
         e = ev[cuts[i]:cuts[i + 1]]
         cnt = np.zeros((r1 * c, c1 * c, 2))
         cnt[:hp, :wp] = window_counts(spec, e)
         z = z * f + cnt.reshape(r1, c, c1, c, 2).transpose(0, 2, 1, 3, 4).reshape(n1, d1)
-        h = spec.pi_prior + (pi * w1.sum(axis=1)[None, :]) @ w1
+        h2 = curv(w2, pi2, spec.pi_prior)
         for _ in range(spec.relax_steps):
+            x2 = (mu[kid] * valid).reshape(n2, d2)
+            eps2 = pi2 * (x2 - mu2 @ w2.T)
+            own = np.zeros((n1, k1))
+            np.add.at(own, kid[valid[:, :, 0]], eps2.reshape(n2, 4, k1)[valid[:, :, 0]])
+            slot_pi = np.zeros((n1, k1))
+            np.add.at(slot_pi, kid[valid[:, :, 0]], pi2.reshape(n2, 4, k1)[valid[:, :, 0]])
+            h1 = curv(w1, pi, slot_pi)
             eps = pi * (z - mu @ w1.T)
-            g = eps @ w1 - spec.pi_prior * mu - spec.sparsity
-            mu = np.maximum(mu + spec.kappa * g / h, 0.0)
-        if int(edges[i + 1]) % spec.learn_us == 0:
+            mu = np.maximum(mu + spec.kappa * (eps @ w1 - own - spec.sparsity) / h1, 0.0)
+            g2 = eps2 @ w2 - spec.pi_prior * mu2 - spec.sparsity
+            mu2 = np.maximum(mu2 + spec.kappa * g2 / h2, 0.0)
+        t_now = int(edges[i + 1])
+        if t_now % spec.learn_us == 0:
             err = z - mu @ w1.T
             v = (1 - spec.alpha) * v + spec.alpha * err * err
             pi = np.clip(1.0 / (v + spec.v0), spec.pi_min, spec.pi_max)
-            grad = (pi * err).T @ mu
-            info = pi.T @ (mu * mu.sum(axis=1, keepdims=True))
-            s1 = 1.0 / (1.0 / (s1 + spec.q) + info)
-            dw = s1 * grad
-            dw = np.where(dw > 0, dw * (spec.w_max - w1) / spec.w_max, dw * w1 / spec.w_max)
-            w1 = np.clip(w1 + dw, 0.0, spec.w_max)
+            w1, s1 = _kalman(w1, s1, (pi * err).T @ mu,
+                             pi.T @ (mu * mu.sum(axis=1, keepdims=True)), spec.q, spec.w_max)
+            x2 = (mu[kid] * valid).reshape(n2, d2)
+            err2 = x2 - mu2 @ w2.T
+            v2 = (1 - spec.alpha) * v2 + spec.alpha * err2 * err2
+            pi2 = np.clip(1.0 / (v2 + spec.v0), spec.pi_min, spec.pi_max)
+            w2, s2w = _kalman(w2, s2w, (pi2 * err2).T @ mu2,
+                              pi2.T @ (mu2 * mu2.sum(axis=1, keepdims=True)), spec.q,
+                              spec.w_max)
+        if t_now % spec.horizon_us == 0:
+            fe = z - fprev
+            vf = (1 - spec.alpha) * vf + spec.alpha * fe * fe
+            pif = np.clip(1.0 / (vf + spec.v0), spec.pi_min, spec.pi_max)
+            hz = mu @ w1.T
+            nb = neighbours(z)
+            asum = z + hz + nb.sum(axis=0)
+            rho = np.clip(rho + pif * fe * z / (1.0 / spec.s2_init + pif * z * asum), 0, 1)
+            g = np.clip(g + pif * fe * hz / (1.0 / spec.s2_init + pif * hz * asum), 0, 1)
+            pol = np.arange(d1) % 2
+            for o in range(8):
+                for q in (0, 1):
+                    sel = pol == q
+                    gr = float(np.sum(pif[:, sel] * fe[:, sel] * nb[o][:, sel]))
+                    info = float(np.sum(pif[:, sel] * nb[o][:, sel] * asum[:, sel]))
+                    rr[q, o] = min(max(rr[q, o] + gr / (1.0 / spec.s2_init + info), 0.0), 1.0)
+            fprev = np.maximum(g * hz + rho * z + np.einsum("o,ond->nd", rr[0], nb)
+                               * (pol == 0) + np.einsum("o,ond->nd", rr[1], nb) * (pol == 1),
+                               0.0)
+    return {"mu1": mu, "mu2": mu2, "fprev": fprev}
 
 
 def throughput(ev: np.ndarray, w: int, h: int, *, learn: bool = True,
