@@ -17,7 +17,10 @@ reported as gains over the EMA-of-counts baseline:
 * ``no_lat``: (g h + ρ z) / τ, the published forecast without its lateral term;
 * ``no_hier``: (ρ z + Σ_o R_o z_{c+o}) / τ, the published forecast without the hierarchy;
 * ``gain_g``: g · z / τ for a few gains g (is the rate mapping biased?);
-* ``blur_a``: ((1 − a) z + a · mean of the 8 neighbours' z) / τ (spatial hedging).
+* ``blur_a``: ((1 − a) z + a · mean of the 8 neighbours' z) / τ (spatial hedging);
+* ``delta_g``: max(0, x' + g · W1 (μ1' − μ1)) / τ for a few gains g: the published forecast
+  plus the *change* the hierarchy predicts (its level h duplicates the trace; does the
+  transition A carry anything when read as a change?).
 
 Also reports, after the run, how far the top-layer temporal weights A are from the
 identity, the mean learned g and ρ and the sums of R. Prints one line per stream and a
@@ -46,6 +49,7 @@ from tools.experiments.model_loglik import STREAMS, load
 
 GAINS = (0.8, 0.9, 1.1, 1.25)
 BLURS = (0.1, 0.2, 0.35)
+DELTAS = (0.5, 1.0, 2.0, 4.0)
 
 
 def _neigh_mean(m: np.ndarray) -> np.ndarray:
@@ -77,6 +81,7 @@ def parts(spec: ModelSpec, net: Network, rate_hz: np.ndarray) -> dict[str, np.nd
         dpred = np.einsum("csk,ck->cs", _w(st.W2, n2), mu2p - st.mu2)
         mu1p = np.maximum(st.mu1 + l2_to_l1(spec, dpred), 0.0)
     hier = np.einsum("cdk,ck->cd", w1, mu1p)
+    dhier = np.einsum("cdk,ck->cd", w1, mu1p - st.mu1)
     lat = lateral(spec, st.R[0], za)
 
     def m(a: np.ndarray) -> np.ndarray:
@@ -93,6 +98,9 @@ def parts(spec: ModelSpec, net: Network, rate_hz: np.ndarray) -> dict[str, np.nd
     zt = out["trace"]
     for g in GAINS:
         out[f"gain_{g}"] = g * zt
+    dh = column_to_map(spec, dhier) / tau_s
+    for g in DELTAS:
+        out[f"delta_{g}"] = np.maximum(out["model"] + g * dh, 0.0)
     nb = _neigh_mean(zt)
     for a in BLURS:
         out[f"blur_{a}"] = (1.0 - a) * zt + a * nb
