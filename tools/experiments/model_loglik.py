@@ -3,6 +3,7 @@
 Usage::
 
     python -m tools.experiments.model_loglik [--quick] [--write-docs] [--spec key=value ...]
+    python -m tools.experiments.model_loglik --held-out [--write-docs]
 
 Streams: synthetic moving bars, and the real recordings that are not held out
 (DAVIS240C rotating disk, DVXplorer indoor, Prophesee EVT 2.0 busy scene, the looped
@@ -10,6 +11,11 @@ Prophesee EVT 3.0 burst). Each is replayed in Δ-long batches through ``Network.
 windows before the first third of the stream are not scored. Also reports the frozen
 untrained network (random weights) as a control, and the 90 % interval coverage.
 Prints one line per stream and a JSON object last.
+
+``--held-out`` scores the two recordings that ``../shared/data/README.md`` reserves for
+checking that results generalise (Prophesee "sparklers" EVT 2.0, DAVIS240C translating
+boxes) instead; hyper-parameters are never tuned on them, and ``--write-docs`` puts them in
+their own table.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ STREAMS = {
     "evt2": DATA / "prophesee" / "evt2_sample.raw",
     "evt3_looped": DATA / "prophesee" / "evt3_sample.raw",
 }
+HELD_OUT = {
+    "sparklers (held out)": DATA / "prophesee" / "sparklers_evt2_v1.raw",
+    "translboxes (held out)": DATA / "inivation" / "davis240c_translboxes.aedat",
+}
 
 
 def load(name: str) -> tuple[np.ndarray, int, int]:
@@ -46,7 +56,7 @@ def load(name: str) -> tuple[np.ndarray, int, int]:
         return ev.copy(), 128, 96
     from augury.adapters import open_source
 
-    with open_source(STREAMS[name]) as src:
+    with open_source({**STREAMS, **HELD_OUT}[name]) as src:
         ev = src.read_all().copy()
         w, h = src.geometry.width, src.geometry.height
     ev["t"] -= ev["t"][0]
@@ -92,9 +102,12 @@ def evaluate(spec: ModelSpec, ev: np.ndarray, *, learn: bool = True) -> dict[str
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
 
 
-def write_results(results: dict[str, dict[str, float]], command: str) -> None:
-    """Replace the block between the loglik markers in docs/results.md with this table."""
-    begin, end = "<!-- loglik:begin -->", "<!-- loglik:end -->"
+def write_results(results: dict[str, dict[str, float]], command: str, *,
+                  marker: str = "loglik",
+                  heading: str = "Next-window prediction vs persistence and EMA") -> None:
+    """Replace the block between the ``marker`` markers in docs/results.md with this table
+    (appended under ``heading`` when the markers are absent)."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     rows = "\n".join(
         f"| {name} | {r['gain_vs_persistence']:+.3f} | {r['gain_vs_ema']:+.3f} | "
         f"{r['untrained_gain_vs_ema']:+.3f} | {100 * r['coverage90']:.0f} % | "
@@ -109,8 +122,7 @@ def write_results(results: dict[str, dict[str, float]], command: str) -> None:
         head, _, rest = doc.partition(begin)
         doc = head + block + rest.partition(end)[2]
     else:
-        doc = (doc.rstrip() + "\n\n## Next-window prediction vs persistence and EMA\n\n"
-               + block + "\n")
+        doc = doc.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
     RESULTS.write_text(doc)
 
 
@@ -122,8 +134,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="only the synthetic bars and the rotating disk (< 1 min)")
     ap.add_argument("--write-docs", action="store_true",
                     help="write the table into docs/results.md")
+    ap.add_argument("--held-out", action="store_true",
+                    help="score the held-out recordings (evaluation only, never for tuning)")
     args = ap.parse_args(argv)
-    if args.streams is None:
+    if args.held_out:
+        args.streams = list(HELD_OUT)
+    elif args.streams is None:
         args.streams = ["bars", "rotdisk"] if args.quick else list(STREAMS)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.spec)}
     results = {}
@@ -142,7 +158,11 @@ def main(argv: list[str] | None = None) -> None:
             "windows": learned["windows"],
         }
         print(name, {k: round(v, 4) for k, v in results[name].items()})
-    if args.write_docs:
+    if args.write_docs and args.held_out:
+        write_results(results, "python -m tools.experiments.model_loglik --held-out "
+                      "--write-docs", marker="heldout",
+                      heading="Held-out recordings (evaluation only)")
+    elif args.write_docs:
         cmd = "python -m tools.experiments.model_loglik" + (" --quick" if args.quick else "")
         write_results(results, cmd + " --write-docs")
     print(json.dumps({k: {a: round(b, 4) for a, b in v.items()} for k, v in results.items()}))
