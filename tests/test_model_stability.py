@@ -83,8 +83,8 @@ def test_ten_million_events_stay_bounded() -> None:
 def test_fixed_point_stays_close_to_float() -> None:
     """Q11.20 rounding of every stored value (state, spikes, weights) tracks the float run.
 
-    (With 16 fraction bits the weight increments s²·G fall below the grid and learning
-    slows; see docs/model.md.)
+    (With 12 fraction bits the weight increments s²·G fall below the grid and learning
+    stops; see docs/model.md §6.)
     """
     from augury.adapters.synthetic import SceneConfig, render_scene
 
