@@ -40,6 +40,8 @@ CONFIGS = {
     "two-layers": dict(layers=2),
     "per-column": dict(layers=2, per_column_weights=True, k1=4, k2=3),
     "fixed-point": dict(layers=2, fixed_point=True, frac_bits=14),
+    "fixed-point-sr": dict(layers=2, fixed_point=True, frac_bits=12, stochastic_rounding=True,
+                           per_column_weights=True, k1=4, k2=3),
     "small-pool": dict(pool=4, column=2, k1=5, tick_us=500, horizon_us=2_000),
     "homeostasis": dict(layers=2, homeo_rate=2.0, learn_us=2_000),
 }

@@ -113,3 +113,36 @@ def test_fixed_point_stays_close_to_float() -> None:
     assert w_rel < 0.05, w_rel
     ll = [b.per_event()["model"] for b in boards]
     assert ll[1] == pytest.approx(ll[0], abs=0.02)
+
+
+def test_stochastic_rounding_keeps_low_precision_learning() -> None:
+    """With 12 fraction bits the Kalman increments fall below the grid and round to zero;
+    rounding the learned weights stochastically (unbiased, reproducible) restores the float
+    run's log-likelihood, for any split of the stream into batches."""
+    from augury.adapters.synthetic import SceneConfig, render_scene
+
+    t1 = 600_000
+    ev, _ = render_scene(SceneConfig(kind="bars", width=128, height=96, duration_us=t1,
+                                     seed=2, speed_px_s=300.0))
+    base = dict(width=128, height=96, pool=4)
+
+    def run(spec: ModelSpec, window_us: int = 10_000) -> tuple[Network, float]:
+        net = Network(spec)
+        board = ScoreBoard(spec, spec.horizon_us, warmup_us=200_000)
+        for b in windows(ev, 0, t1, window_us):
+            r = net.step(b)
+            if window_us == spec.horizon_us:
+                board.observe(b, r.rate_hz)
+        return net, board.per_event()["model"] if window_us == spec.horizon_us else 0.0
+
+    _, ll_float = run(ModelSpec(**base))
+    _, ll_det = run(ModelSpec(**base, fixed_point=True, frac_bits=12))
+    sr = ModelSpec(**base, fixed_point=True, frac_bits=12, stochastic_rounding=True)
+    net_sr, ll_sr = run(sr)
+    assert ll_sr == pytest.approx(ll_float, abs=0.005), (ll_sr, ll_float)
+    assert ll_sr > ll_det + 0.005, (ll_sr, ll_det)
+    grid = 2.0**-12
+    np.testing.assert_array_equal(net_sr.state.W1, np.round(net_sr.state.W1 / grid) * grid)
+    other, _ = run(sr, window_us=7_000)  # another split: the same random numbers
+    np.testing.assert_array_equal(other.state.W1, net_sr.state.W1)
+    np.testing.assert_array_equal(other.state.S1, net_sr.state.S1)

@@ -105,6 +105,8 @@ class Params(NamedTuple):
     per_col: bool
     settle: float
     curv_mix: float
+    sr: bool  # stochastic rounding of learned weights (fixed point only)
+    seed: int
     homeo_rate: float
     homeo_eta: float
     relax_steps: int
@@ -124,6 +126,7 @@ def make_params(spec: ModelSpec) -> Params:
         beta=spec.baseline_beta, qs=spec.q_scale, per_col=spec.per_column_weights,
         relax_steps=spec.relax_steps, learn_us=spec.learn_us, settle=spec.settle,
         curv_mix=spec.curv_mix, homeo_rate=spec.homeo_rate, homeo_eta=spec.homeo_eta,
+        sr=spec.stochastic_rounding and spec.fixed_point, seed=spec.seed,
     )
 
 
@@ -133,6 +136,44 @@ def qz(x: float, qs: float) -> float:
     if qs > 0.0:
         return math.floor(x * qs + 0.5) / qs
     return x
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@_inline
+def _mix64(x: np.uint64) -> np.uint64:
+    """SplitMix64 finaliser: a well-mixed 64-bit hash of x (wrapping uint64 arithmetic)."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@_inline
+def _salt(p: Params, ticks: int, arr: int) -> int:
+    """Random stream of one weight array's update at one tick (≥ 0), or −1 without
+    stochastic rounding. A hash of (seed, ticks run, array id): the same for any split of
+    the stream into batches."""
+    if not (p.sr and p.qs > 0.0):
+        return -1
+    k = _mix64(np.uint64(ticks) * np.uint64(8) + np.uint64(arr))
+    return np.int64(_mix64(np.uint64(p.seed) ^ k) >> np.uint64(1))
+
+
+@_inline
+def qsr(x: float, qs: float, salt: int, n: int) -> float:
+    """Round x to the grid 1/qs stochastically (up with probability equal to the remainder,
+    so unbiased) using the n-th number of stream ``salt``; round half up if salt < 0."""
+    if salt < 0:
+        return qz(x, qs)
+    y = x * qs
+    f = math.floor(y)
+    z = _mix64(np.uint64(salt) ^ _mix64(np.uint64(n)))
+    u = np.float64(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    return (f + 1.0) / qs if u < y - f else f / qs
 
 
 @_inline
@@ -467,24 +508,27 @@ def _event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) 
 
 @_kernel
 def _bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, Ic: np.ndarray, w: int,
-                  q: float, lo: float, hi: float, qs: float) -> None:
+                  q: float, lo: float, hi: float, qs: float, salt: int) -> None:
     """Bayesian synapse (diagonal Kalman filter) with soft bounds [lo, hi].
 
     s² ← 1/(1/(s² + q) + I);  ΔW = s² G · (hi − W)/(hi − lo) if G > 0 else (W − lo)/(hi − lo)
     where G = Σ ε_post · r_pre and I = Σ π_post · r_pre · Σ r (majorized information).
+    In fixed point, s² and W are rounded stochastically when salt ≥ 0 (``_salt``), the
+    numbers indexed by each weight's flat index, else half up.
     """
     span = hi - lo
     for a in range(W.shape[1]):
         for b in range(W.shape[2]):
+            n = 2 * ((w * W.shape[1] + a) * W.shape[2] + b)
             s2 = 1.0 / (1.0 / (S[w, a, b] + q) + Ic[a, b])
-            S[w, a, b] = qz(s2, qs)
+            S[w, a, b] = qsr(s2, qs, salt, n)
             dw = s2 * G[a, b]
             wv = W[w, a, b]
             if dw > 0.0:
                 dw *= (hi - wv) / span
             else:
                 dw *= (wv - lo) / span
-            W[w, a, b] = qz(min(max(wv + dw, lo), hi), qs)
+            W[w, a, b] = qsr(min(max(wv + dw, lo), hi), qs, salt, n + 1)
 
 
 @_inline
@@ -532,11 +576,13 @@ def _learn(st: State, sc: Scratch, p: Params) -> None:
                     sc.G1[d, k] += eps * r
                     sc.I1[d, k] += st.pi1[j, d] * (r * rsum)
         if p.per_col:
-            _bayes_update(st.W1, st.S1, sc.G1, sc.I1, j, p.q, 0.0, p.w_max, p.qs)
+            _bayes_update(st.W1, st.S1, sc.G1, sc.I1, j, p.q, 0.0, p.w_max, p.qs,
+                          _salt(p, st.counters[C_TICKS], 1))
             sc.G1[:, :] = 0.0
             sc.I1[:, :] = 0.0
     if not p.per_col:
-        _bayes_update(st.W1, st.S1, sc.G1, sc.I1, 0, p.q, 0.0, p.w_max, p.qs)
+        _bayes_update(st.W1, st.S1, sc.G1, sc.I1, 0, p.q, 0.0, p.w_max, p.qs,
+                      _salt(p, st.counters[C_TICKS], 1))
     _transpose_w1(st, sc)
     if p.layers == 2:
         sc.G2[:, :] = 0.0
@@ -557,11 +603,13 @@ def _learn(st: State, sc: Scratch, p: Params) -> None:
                         sc.G2[s, k] += eps * r
                         sc.I2[s, k] += st.pi2[big, s] * (r * rsum)
             if p.per_col:
-                _bayes_update(st.W2, st.S2, sc.G2, sc.I2, big, p.q, 0.0, p.w_max, p.qs)
+                _bayes_update(st.W2, st.S2, sc.G2, sc.I2, big, p.q, 0.0, p.w_max, p.qs,
+                              _salt(p, st.counters[C_TICKS], 2))
                 sc.G2[:, :] = 0.0
                 sc.I2[:, :] = 0.0
         if not p.per_col:
-            _bayes_update(st.W2, st.S2, sc.G2, sc.I2, 0, p.q, 0.0, p.w_max, p.qs)
+            _bayes_update(st.W2, st.S2, sc.G2, sc.I2, 0, p.q, 0.0, p.w_max, p.qs,
+                          _salt(p, st.counters[C_TICKS], 2))
 
 
 @_kernel
@@ -645,11 +693,13 @@ def _learn_temporal(st: State, sc: Scratch, p: Params) -> None:
                     sc.GA[k, l] += (pik * e) * st.muprev[c, l]
                     sc.IA[k, l] += pik * (st.muprev[c, l] * rsum)
         if p.per_col:
-            _bayes_update(st.A, st.SA, sc.GA, sc.IA, c, p.a_q, 0.0, p.w_max, p.qs)
+            _bayes_update(st.A, st.SA, sc.GA, sc.IA, c, p.a_q, 0.0, p.w_max, p.qs,
+                          _salt(p, st.counters[C_TICKS], 3))
             sc.GA[:, :] = 0.0
             sc.IA[:, :] = 0.0
     if not p.per_col:
-        _bayes_update(st.A, st.SA, sc.GA, sc.IA, 0, p.a_q, 0.0, p.w_max, p.qs)
+        _bayes_update(st.A, st.SA, sc.GA, sc.IA, 0, p.a_q, 0.0, p.w_max, p.qs,
+                      _salt(p, st.counters[C_TICKS], 3))
 
 
 @_kernel
@@ -718,7 +768,8 @@ def _learn_residual(st: State, sc: Scratch, p: Params) -> None:
                             o = (oo - 1 if oo > 4 else oo)
                             sc.GR[pol, o] += pi * err * x
                             sc.IR[pol, o] += pi * x * asum
-    _bayes_update(st.R, st.SR, sc.GR, sc.IR, 0, p.q, 0.0, 1.0, p.qs)
+    _bayes_update(st.R, st.SR, sc.GR, sc.IR, 0, p.q, 0.0, 1.0, p.qs,
+                  _salt(p, st.counters[C_TICKS], 4))
 
 
 @_kernel

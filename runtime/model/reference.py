@@ -34,6 +34,38 @@ def q(x: np.ndarray | float, qs: float) -> np.ndarray | float:
     return x
 
 
+_M64 = (1 << 64) - 1
+
+
+def mix64(x: int) -> int:
+    """SplitMix64 finaliser on Python ints modulo 2⁶⁴ (the kernels' ``_mix64``)."""
+    z = (x + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def salt(p: Params, ticks: int, arr: int) -> int:
+    """The random stream of one weight array's update at one tick, −1 without stochastic
+    rounding (hash of seed, ticks run and array id, as the kernels)."""
+    if not (p.sr and p.qs > 0.0):
+        return -1
+    return mix64((p.seed & _M64) ^ mix64((int(ticks) * 8 + arr) & _M64)) >> 1
+
+
+def qsr(x: np.ndarray, qs: float, s: int, n: np.ndarray) -> np.ndarray:
+    """Stochastic rounding of each x[i] to the grid 1/qs with number n[i] of stream s: up
+    with probability equal to the remainder; half up when s < 0."""
+    if s < 0:
+        return q(x, qs)
+    x = np.asarray(x, np.float64)
+    y = x * qs
+    f = np.floor(y)
+    u = np.array([(mix64(s ^ mix64(int(k))) >> 11) * (1.0 / 9007199254740992.0)
+                  for k in np.ravel(n)]).reshape(x.shape)
+    return np.where(u < y - f, (f + 1.0) / qs, f / qs)
+
+
 def _wi(p: Params, i: int) -> int:
     return i if p.per_col else 0
 
@@ -210,13 +242,16 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -
 
 
 def bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, info: np.ndarray, w: int,
-                 qdrift: float, hi: float, qs: float) -> None:
-    """s² ← 1/(1/(s² + q) + I); W ← clip(W + s² G · soft-bound factor, 0, hi)."""
+                 qdrift: float, hi: float, qs: float, s: int = -1) -> None:
+    """s² ← 1/(1/(s² + q) + I); W ← clip(W + s² G · soft-bound factor, 0, hi); in fixed
+    point rounded stochastically with stream s ≥ 0 (numbers 2·flat and 2·flat + 1 of each
+    weight's flat index in W), else half up."""
+    n = 2 * (w * W[w].size + np.arange(W[w].size).reshape(W[w].shape))
     s2 = 1.0 / (1.0 / (S[w] + qdrift) + info)
-    S[w] = q(s2, qs)
+    S[w] = qsr(s2, qs, s, n)
     dw = s2 * G
     dw = np.where(dw > 0.0, dw * (hi - W[w]) / hi, dw * W[w] / hi)
-    W[w] = q(np.clip(W[w] + dw, 0.0, hi), qs)
+    W[w] = qsr(np.clip(W[w] + dw, 0.0, hi), qs, s, n + 1)
 
 
 def clip_pi(v: np.ndarray, p: Params) -> np.ndarray:
@@ -245,11 +280,13 @@ def learn(st: State, sc: Scratch, p: Params) -> None:
             G += np.outer(eps, r)
             info += np.outer(st.pi1[j], r * rsum)
         if p.per_col:
-            bayes_update(st.W1, st.S1, G, info, j, p.q, p.w_max, p.qs)
+            bayes_update(st.W1, st.S1, G, info, j, p.q, p.w_max, p.qs,
+                     salt(p, st.counters[C_TICKS], 1))
             G[:] = 0.0
             info[:] = 0.0
     if not p.per_col:
-        bayes_update(st.W1, st.S1, G, info, 0, p.q, p.w_max, p.qs)
+        bayes_update(st.W1, st.S1, G, info, 0, p.q, p.w_max, p.qs,
+                     salt(p, st.counters[C_TICKS], 1))
     if p.layers == 2:
         G = np.zeros((p.d2, p.k2))
         info = np.zeros((p.d2, p.k2))
@@ -261,11 +298,13 @@ def learn(st: State, sc: Scratch, p: Params) -> None:
                 G += np.outer(eps, r)
                 info += np.outer(st.pi2[big], r * rsum)
             if p.per_col:
-                bayes_update(st.W2, st.S2, G, info, big, p.q, p.w_max, p.qs)
+                bayes_update(st.W2, st.S2, G, info, big, p.q, p.w_max, p.qs,
+                     salt(p, st.counters[C_TICKS], 2))
                 G[:] = 0.0
                 info[:] = 0.0
         if not p.per_col:
-            bayes_update(st.W2, st.S2, G, info, 0, p.q, p.w_max, p.qs)
+            bayes_update(st.W2, st.S2, G, info, 0, p.q, p.w_max, p.qs,
+                     salt(p, st.counters[C_TICKS], 2))
 
 
 def refresh(st: State, p: Params) -> None:
@@ -317,11 +356,13 @@ def learn_temporal(st: State, p: Params) -> None:
             G += np.outer(pik * e, prev)
             info += np.outer(pik, prev * psum)
         if p.per_col:
-            bayes_update(st.A, st.SA, G, info, c, p.a_q, p.w_max, p.qs)
+            bayes_update(st.A, st.SA, G, info, c, p.a_q, p.w_max, p.qs,
+                     salt(p, st.counters[C_TICKS], 3))
             G[:] = 0.0
             info[:] = 0.0
     if not p.per_col:
-        bayes_update(st.A, st.SA, G, info, 0, p.a_q, p.w_max, p.qs)
+        bayes_update(st.A, st.SA, G, info, 0, p.a_q, p.w_max, p.qs,
+                     salt(p, st.counters[C_TICKS], 3))
 
 
 def nbr(p: Params, j: int, d: int, o: int) -> tuple[int, int]:
@@ -364,7 +405,8 @@ def learn_residual(st: State, p: Params) -> None:
             for o, x in enumerate(xs):
                 G[pol, o] += pi * err * x
                 info[pol, o] += pi * x * asum
-    bayes_update(st.R, st.SR, G, info, 0, p.q, 1.0, p.qs)
+    bayes_update(st.R, st.SR, G, info, 0, p.q, 1.0, p.qs,
+                     salt(p, st.counters[C_TICKS], 4))
 
 
 def forecast(st: State, p: Params, j: int) -> None:

@@ -66,6 +66,7 @@ class ModelSpec:
     seed: int = 0
     fixed_point: bool = False
     frac_bits: int = 20  # Q-format fraction bits when fixed_point (Q11.20 fits int32)
+    stochastic_rounding: bool = False  # fixed_point: round learned weights stochastically
     per_column_weights: bool = False
 
     def __post_init__(self) -> None:
@@ -105,7 +106,7 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.pi_min={self.pi_min} exceeds pi_max={self.pi_max}")
         if self.w_init > self.w_max:
             raise ValueError(f"ModelSpec.w_init={self.w_init} exceeds w_max={self.w_max}")
-        for name in ("fixed_point", "per_column_weights"):
+        for name in ("fixed_point", "per_column_weights", "stochastic_rounding"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelSpec.{name} must be a bool, got "
                                  f"{getattr(self, name)!r}")

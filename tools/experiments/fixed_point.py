@@ -10,8 +10,9 @@ bit width: the mean absolute difference of the learned dictionary W1 to the floa
 relative to the float run's mean weight (``w_rel``; the untrained weights score
 ``w_rel_untrained``), the relative L1 difference of the final predicted rate maps
 (``rate_rel``), and the next-window Poisson log-likelihood per event of both (``loglik``,
-``loglik_float``; scored after the first third). ``--quick`` uses 0.3 s of stream instead
-of 0.6 s. Last output line: one JSON object.
+``loglik_float``; scored after the first third), each with round-half-up and with
+stochastic rounding of the learned weights (``stochastic_rounding=True``, keys ``*_sr``).
+``--quick`` uses 0.3 s of stream instead of 0.6 s. Last output line: one JSON object.
 """
 
 from __future__ import annotations
@@ -61,13 +62,18 @@ def main(argv: list[str] | None = None) -> None:
         "w_rel_untrained": float(np.abs(w0 - ref.state.W1).mean()) / scale,
     }
     for bits in args.bits:
-        net, r, ll = run(ModelSpec(**base, fixed_point=True, frac_bits=bits), ev, t1)
-        out[f"w_rel_{bits}"] = float(np.abs(net.state.W1 - ref.state.W1).mean()) / scale
-        out[f"rate_rel_{bits}"] = float(np.abs(r.rate_hz - r0.rate_hz).sum() / r0.rate_hz.sum())
-        out[f"loglik_{bits}"] = ll
-        print(f"{bits} fraction bits: W1 {out[f'w_rel_{bits}']:.3f} off (untrained "
-              f"{out['w_rel_untrained']:.3f}), rate map {out[f'rate_rel_{bits}']:.3f} off, "
-              f"log-likelihood {ll:.4f} vs float {l0:.4f} nats/event")
+        for sr, tag in ((False, ""), (True, "_sr")):
+            spec = ModelSpec(**base, fixed_point=True, frac_bits=bits, stochastic_rounding=sr)
+            net, r, ll = run(spec, ev, t1)
+            key = f"{bits}{tag}"
+            out[f"w_rel_{key}"] = float(np.abs(net.state.W1 - ref.state.W1).mean()) / scale
+            out[f"rate_rel_{key}"] = float(np.abs(r.rate_hz - r0.rate_hz).sum()
+                                           / r0.rate_hz.sum())
+            out[f"loglik_{key}"] = ll
+            print(f"{bits} fraction bits{' stochastic' if sr else ''}: W1 "
+                  f"{out[f'w_rel_{key}']:.3f} off (untrained {out['w_rel_untrained']:.3f}), "
+                  f"rate map {out[f'rate_rel_{key}']:.3f} off, log-likelihood {ll:.4f} vs "
+                  f"float {l0:.4f} nats/event")
     print(json.dumps({k: round(v, 4) for k, v in out.items()}))
 
 
