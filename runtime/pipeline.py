@@ -37,6 +37,7 @@ from augury.control import ControlServer
 from augury.events import EventBatch
 from augury.model.compat import reconcile
 from augury.model.network import Network, Readout
+from augury.model.state import K_STARTED, LEARNED, init_state
 from augury.publish import Publisher
 
 log = logging.getLogger("augury.pipeline")
@@ -67,7 +68,12 @@ class PipelineOptions:
     of the state when nothing is published (the read-out is computed only to publish or to
     check, not at every step); wait_subscriber_s: before reading the source, wait
     up to this long for a first subscriber (XPUB notification), so that a short recording is
-    not published into the void.
+    not published into the void; restart_after_us: a batch that ends more than this long
+    (µs) before the time the network has reached means the stream's clock restarted (a
+    camera reconnected, a recording replayed again, a daemon resumed from a checkpoint):
+    the network keeps what it learned, restarts its fast state (traces, beliefs, clock) at
+    the new time and goes on (counted in ``stream_restarts``); smaller steps back (after a
+    queue drop) are trimmed or skipped as stale.
     """
 
     batch_us: int = 10_000
@@ -79,6 +85,7 @@ class PipelineOptions:
     good_every_s: float = 1.0
     check_every_us: int = 100_000
     wait_subscriber_s: float = 0.0
+    restart_after_us: int = 1_000_000
 
 
 @dataclass
@@ -96,6 +103,7 @@ class Metrics:
     source_malformed: int = 0
     bad_batches: int = 0
     rollbacks: int = 0
+    stream_restarts: int = 0
     spikes: int = 0
     synops: int = 0
     published: int = 0
@@ -181,6 +189,7 @@ class Pipeline:
         self._good: dict[str, np.ndarray] | None = None
         self._good_s = 0.0
         self._next_publish_us: int | None = None
+        self._next_check_us = 0
         self._pending_arrivals: list[int] = []
         self.publish_every_us = options.publish_every_us
         if control is not None:
@@ -224,6 +233,7 @@ class Pipeline:
             "events_processed": m.events_processed, "source_dropped": m.source_dropped,
             "queue_dropped_events": self.ring.dropped_events, "queue_depth": len(self.ring),
             "bad_batches": m.bad_batches, "rollbacks": m.rollbacks,
+            "stream_restarts": m.stream_restarts,
             "published": m.published, "publish_dropped": self.publisher.dropped,
             "latency_p50_ms": m.latency_ms(50), "latency_p99_ms": m.latency_ms(99),
             "checkpoints_saved": self.checkpoints.saved if self.checkpoints else 0,
@@ -282,6 +292,16 @@ class Pipeline:
         m.events_in += len(batch)
         m.source_dropped += batch.counters.dropped
         m.source_malformed += batch.counters.malformed
+        if (self.network.state.clock[K_STARTED]
+                and batch.t_end_us + self.options.restart_after_us <= self.network.t_us):
+            log.warning("stream time went back from %d to %d µs: the stream restarted; "
+                        "learned state kept, traces and beliefs restart", self.network.t_us,
+                        batch.t_start_us)
+            restart_stream(self.network)
+            self._good = None
+            self._next_publish_us = None  # the schedules follow the new stream time
+            self._next_check_us = 0
+            m.stream_restarts += 1
         if batch.t_start_us < self.network.t_us:
             # after a queue drop or a source restart time may not tile; skip what is stale
             if batch.t_end_us <= self.network.t_us:
@@ -354,7 +374,7 @@ class Pipeline:
                 self.control.poll(0)
         self._reader = threading.Thread(target=self._read, name="augury-reader", daemon=True)
         self._reader.start()
-        next_check_us = 0
+        self._next_check_us = 0
         try:
             while not self.stop_event.is_set():
                 if self.control is not None:
@@ -368,8 +388,8 @@ class Pipeline:
                     t = self.network.t_us
                     if self._next_publish_us is None:
                         self._next_publish_us = t
-                    if t >= self._next_publish_us or t >= next_check_us:
-                        next_check_us = t + self.options.check_every_us
+                    if t >= self._next_publish_us or t >= self._next_check_us:
+                        self._next_check_us = t + self.options.check_every_us
                         r = self._checked_readout()
                         if r is not None and t >= self._next_publish_us:
                             self._publish(r, item.batch.t_end_us)
@@ -400,6 +420,21 @@ class Pipeline:
             log.info("final checkpoint %s", path)
         except OSError as exc:
             log.error("final checkpoint failed: %s", exc)
+
+
+KEPT_ACROSS_RESTARTS = (*LEARNED, "counters", "baseline", "sbase1")
+"""State that survives a restart of the stream's clock: what was learned, the cumulative
+counters and the surprise baselines (statistics of the scene, not of the moment)."""
+
+
+def restart_stream(network: Network) -> None:
+    """Keep the learned state, reset the fast state (traces, beliefs, sent values, active
+    columns, clock) to its initial value: the next batch starts the clock afresh."""
+    d = network.state_dict()
+    for name, value in init_state(network.spec)._asdict().items():
+        if name not in KEPT_ACROSS_RESTARTS:
+            d[name] = value
+    network.load_state_dict(d)
 
 
 def restore_network(network: Network, checkpoints: CheckpointManager) -> Path | None:

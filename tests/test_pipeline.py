@@ -74,3 +74,51 @@ def test_non_finite_state_is_rolled_back_and_serving_goes_on() -> None:
     for name, arr in net.state_dict().items():
         if arr.dtype.kind == "f":
             assert np.isfinite(arr).all(), name
+
+
+def test_restart_stream_keeps_learned_and_resets_fast_state() -> None:
+    from augury.model.state import LEARNED, init_state
+    from augury.pipeline import restart_stream
+
+    daemon = _daemon()
+    try:
+        daemon.pipeline.run()
+        net = daemon.pipeline.network
+        before = net.state_dict()
+        restart_stream(net)
+    finally:
+        daemon.close()
+    fresh = init_state(net.spec)
+    for name in LEARNED + ("counters", "baseline", "sbase1"):
+        np.testing.assert_array_equal(getattr(net.state, name), before[name], err_msg=name)
+    for name in ("z1", "mu1", "mu2", "active", "tcol", "clock"):
+        np.testing.assert_array_equal(getattr(net.state, name), getattr(fresh, name),
+                                      err_msg=name)
+    assert not np.array_equal(before["W1"], fresh.W1)  # something had been learned
+
+
+def test_a_resumed_daemon_follows_a_restarted_stream_clock(tmp_path) -> None:
+    """A daemon resumed from a checkpoint on a source whose clock starts again (a camera
+    reconnected, a recording replayed) processes and publishes everything, with its learned
+    state kept, instead of skipping the stream as stale until its clock catches up."""
+    long = "synthetic://bars?duration_us=3000000&width=64&height=48"
+    first = _daemon(**{"source.uri": long, "checkpoint.dir": str(tmp_path)})
+    try:
+        first.pipeline.run()
+        learned = first.pipeline.network.state.W1.copy()
+    finally:
+        first.close()
+    second = _daemon(**{"checkpoint.dir": str(tmp_path)})  # the 0.3 s scene, t from 0
+    p = second.pipeline
+    np.testing.assert_array_equal(p.network.state.W1, learned)  # resumed
+    assert p.network.t_us >= 2_900_000
+    try:
+        m = p.run()
+        t_end = p.network.t_us
+    finally:
+        second.close()
+    assert m.stream_restarts == 1
+    assert m.events_processed == m.events_in > 0
+    assert m.bad_batches == 0
+    assert t_end <= 300_000  # the network follows the new clock
+    assert m.published >= 14  # one read-out per 20 ms of the new stream
