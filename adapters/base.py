@@ -36,12 +36,16 @@ class Chunk:
     events: EVENT_DTYPE (n,), nominally sorted by t (validation drops/reorders the rest);
     counters: read/dropped/malformed while decoding this piece;
     t_known_us: sensor time known to have been reached (e.g. a time-high word with no
-    events), or None; lets empty spans be emitted while the sensor is silent.
+    events), or None; lets empty spans be emitted while the sensor is silent;
+    restart: the stream's clock restarts with this chunk (a new sender session, a
+    reconnected camera): its times are not compared with earlier ones, and batching starts
+    afresh at its first event.
     """
 
     events: np.ndarray
     counters: Counters = field(default_factory=Counters)
     t_known_us: int | None = None
+    restart: bool = False
 
 
 class EventSource:
@@ -115,6 +119,11 @@ class EventSource:
         window = self.reorder_window_us
         held = empty_events()
         for chunk in self.chunks():
+            if chunk.restart:  # what is held belongs to the old clock: hand it out first
+                if held.size:
+                    yield Chunk(held, Counters(), None)
+                    held = empty_events()
+                floor = None
             res = validate_events(chunk.events, self.geometry, t_floor_us=floor,
                                   reorder_window_us=window)
             c = Counters(chunk.counters.read, chunk.counters.dropped + res.dropped,
@@ -135,7 +144,7 @@ class EventSource:
                     ev, held = ev[:cut], ev[cut:]
                     if held.size:
                         known = safe if known is None else min(known, safe)
-            yield Chunk(ev, c, known)
+            yield Chunk(ev, c, known, chunk.restart)
         if held.size:
             yield Chunk(held, Counters(), None)
 
@@ -166,9 +175,10 @@ def _window_batches(chunks: Iterator[Chunk], batch_us: int) -> Iterator[EventBat
     start: int | None = None
     pending: list[np.ndarray] = []
     counters = Counters()
+    restart = False  # the next batch is the first after a restart of the clock
 
     def emit_until(known: int) -> Iterator[EventBatch]:
-        nonlocal seq, start, pending, counters
+        nonlocal seq, start, pending, counters, restart
         assert start is not None  # set before the first call (not input validation)
         while start + batch_us <= known:
             buf = concat_records(pending)
@@ -176,14 +186,19 @@ def _window_batches(chunks: Iterator[Chunk], batch_us: int) -> Iterator[EventBat
             if end == start:
                 end = start + batch_us
             cut = int(np.searchsorted(buf["t"], end, side="left"))
-            yield EventBatch(buf[:cut], start, end, seq, counters)
+            yield EventBatch(buf[:cut], start, end, seq, counters, restart)
             counters = Counters()
+            restart = False
             seq += 1
             pending = [buf[cut:]] if cut < buf.size else []
             start = end
 
     last_t: int | None = None
     for chunk in chunks:
+        if chunk.restart and start is not None:  # close the old clock's windows, start anew
+            if last_t is not None:
+                yield from emit_until((last_t // batch_us + 1) * batch_us)
+            start, last_t, pending, restart = None, None, [], True
         counters.add(chunk.counters)
         ev = chunk.events
         known = chunk.t_known_us
@@ -207,7 +222,14 @@ def _count_batches(chunks: Iterator[Chunk], n: int) -> Iterator[EventBatch]:
     start: int | None = None
     buf = empty_events()
     counters = Counters()
+    restart = False  # the next batch is the first after a restart of the clock
     for chunk in chunks:
+        if chunk.restart and start is not None:  # the old clock's last batch, then anew
+            if buf.size:
+                yield EventBatch(buf, start, int(buf["t"][-1]) + 1, seq, counters)
+                counters = Counters()
+                seq += 1
+            buf, start, restart = empty_events(), None, True
         counters.add(chunk.counters)
         if chunk.events.size:
             buf = concat_records([buf, chunk.events])
@@ -221,13 +243,16 @@ def _count_batches(chunks: Iterator[Chunk], n: int) -> Iterator[EventBatch]:
                 if cut >= buf.size:
                     break
                 t_cut = int(buf["t"][cut])
-            yield EventBatch(buf[:cut], start, t_cut, seq, counters)  # type: ignore[arg-type]
+            yield EventBatch(buf[:cut], start, t_cut, seq, counters,  # type: ignore[arg-type]
+                             restart)
             counters = Counters()
+            restart = False
             seq += 1
             start = t_cut
             buf = buf[cut:]
     if buf.size:
-        yield EventBatch(buf, start, int(buf["t"][-1]) + 1, seq, counters)  # type: ignore[arg-type]
+        yield EventBatch(buf, start, int(buf["t"][-1]) + 1, seq, counters,  # type: ignore[arg-type]
+                         restart)
 
 
 class ArraySource(EventSource):

@@ -91,7 +91,7 @@ class Paced(Iterator[EventBatch]):
 
     def _wait_for(self, batch: EventBatch) -> None:
         now = self._clock()
-        if self._wall0 is None:
+        if self._wall0 is None or batch.restart:  # a restarted clock is paced from now
             self._wall0, self._t0_us = now, batch.t_start_us
         wait_s = self.due_s(batch.t_end_us) - now
         st = self.stats

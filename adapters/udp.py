@@ -457,9 +457,26 @@ class DatagramDecoder:
 
     def decode(self, buf: bytearray | bytes | memoryview, spans: list[tuple[int, int]],
                arrival_us: list[int]) -> Chunk:
+        """One Chunk of the burst's events (a new sender session's events appended after the
+        old one's); ``decode_chunks`` keeps them apart."""
+        parts = self.decode_chunks(buf, spans, arrival_us)
+        if len(parts) == 1:
+            return parts[0]
+        c = Counters()
+        for p in parts:
+            c.add(p.counters)
+        known = [p.t_known_us for p in parts if p.t_known_us is not None]
+        return Chunk(np.concatenate([p.events for p in parts]), c,
+                     max(known) if known else None)
+
+    def decode_chunks(self, buf: bytearray | bytes | memoryview, spans: list[tuple[int, int]],
+                      arrival_us: list[int]) -> list[Chunk]:
+        """The burst's events as one Chunk, or two when a new sender session (augury
+        framing) starts inside it: the second is marked ``restart`` (the new sender's clock
+        is not compared with the old one's)."""
         k = len(spans)
         if k == 0:
-            return Chunk(np.empty(0, dtype=EVENT_DTYPE), Counters(), None)
+            return [Chunk(np.empty(0, dtype=EVENT_DTYPE), Counters(), None)]
         data = np.frombuffer(buf, dtype=np.uint8)
         sp = np.array(spans, dtype=np.int64).reshape(k, 2)
         offs, lens = sp[:, 0], sp[:, 1]
@@ -474,8 +491,11 @@ class DatagramDecoder:
         status = np.zeros(k, dtype=np.int64)
         dropped = malformed = 0
         t_known: int | None = None
+        restart_at: int | None = None
+        t_before: int | None = None
         if self.format == "augury":
-            events, malformed, t_known = self._augury(data, offs, lens, out)
+            events, malformed, t_known, restart_at, t_before = self._augury(data, offs, lens,
+                                                                            out)
         else:
             if self.format == "spif":
                 arr = np.asarray(arrival_us, dtype=np.int64)
@@ -492,42 +512,50 @@ class DatagramDecoder:
             for code in status[status != _OK].tolist():
                 self._bad(_REASONS[code])
                 malformed += 1
-        if events.size > 1 and bool(np.any(np.diff(events["t"]) < 0)):
-            # datagrams reordered within one burst: repair here, where it is free of the
-            # reorder window (events later than an already handed-out chunk are dropped by
-            # validation unless reorder_window_us allows them)
-            events = events[np.argsort(events["t"], kind="stable")]
-        elif 4 * events.size < 3 * cap:  # do not keep a mostly empty buffer alive
-            events = events.copy()
         self.stats.events += int(events.size)
         counters = Counters(read=int(events.size) + dropped, dropped=dropped,
                             malformed=malformed)
-        return Chunk(events, counters, t_known)
+        if restart_at is None:
+            return [Chunk(_sorted_copy(events, cap), counters, t_known)]
+        # the burst's counters go with the second chunk, which is always handed on
+        return [Chunk(_sorted_copy(events[:restart_at], cap), Counters(), t_before),
+                Chunk(_sorted_copy(events[restart_at:], cap), counters, t_known,
+                      restart=True)]
 
     def _bad(self, reason: str, units: int = 1) -> None:
         self.stats.malformed[reason] = self.stats.malformed.get(reason, 0) + units
 
     def _augury(self, data: np.ndarray, offs: np.ndarray, lens: np.ndarray, out: np.ndarray
-                ) -> tuple[np.ndarray, int, int | None]:
-        """Kernel decode, then per-datagram checks that need state: geometry, sequence."""
+                ) -> tuple[np.ndarray, int, int | None, int | None, int | None]:
+        """Kernel decode, then per-datagram checks that need state: geometry, sequence.
+
+        Returns (events, malformed datagrams, known time (of the newest sender session),
+        index of the first event of a new sender session that started in this burst or
+        None, known time of the session before it or None)."""
         meta = np.empty((offs.size, _META_COLS), dtype=np.int64)
         n = _augury_kernel(data, offs, lens, self.max_datagram, out, meta)
         malformed = 0
         t_known: int | None = None
         keep: list[bool] = []
         counts: list[int] = []
+        restart_at: int | None = None
+        t_before: int | None = None
         for status, flags, session, seq, base, count, w, h in meta.tolist():
             if status != _OK:
                 self._bad(_REASONS[status])
                 malformed += 1
                 continue
             ok = self._geometry_ok(w, h)
+            sessions = self.seq.sessions
             if not ok:
                 self._bad("bad_geometry")
                 malformed += 1
             elif self.seq.observe(session, seq) in ("duplicate", "stale"):
                 ok = False
-            elif count == 0:
+            if ok and sessions and self.seq.sessions != sessions:  # a new sender session
+                restart_at = sum(c for c, kept in zip(counts, keep, strict=True) if kept)
+                t_before, t_known = t_known, None  # known times of the old sender's clock
+            if ok and count == 0:
                 self.stats.heartbeats += 1
                 t_known = base if t_known is None else max(t_known, base)
                 if flags & FLAG_END:
@@ -538,7 +566,7 @@ class DatagramDecoder:
         events = out[:n]
         if not all(keep):
             events = events[np.repeat(np.array(keep, dtype=bool), counts)]
-        return events, malformed, t_known
+        return events, malformed, t_known, restart_at, t_before
 
     def _geometry_ok(self, w: int, h: int) -> bool:
         if w == 0 or h == 0:
@@ -548,6 +576,18 @@ class DatagramDecoder:
             self.geometry_known.set()
             return True
         return (w, h) == (self.geometry.width, self.geometry.height)
+
+
+def _sorted_copy(events: np.ndarray, cap: int) -> np.ndarray:
+    """Events sorted by t (datagrams reordered within one burst are repaired here, where it
+    is free of the reorder window: events later than an already handed-out chunk would be
+    dropped by validation unless reorder_window_us allows them), copied out of a mostly
+    empty decode buffer so that it is not kept alive."""
+    if events.size > 1 and bool(np.any(np.diff(events["t"]) < 0)):
+        return events[np.argsort(events["t"], kind="stable")]
+    if 4 * events.size < 3 * cap:
+        return events.copy()
+    return events
 
 
 _MIN_RECORD = {"augury": AUGURY_RECORD.itemsize, "spif": 4, "faery": FAERY_RECORD.itemsize,
@@ -714,11 +754,11 @@ class UdpSource(ThreadedSource):
                     arrival = [0] * len(spans)
                 if not spans:
                     continue
-                chunk = self.decoder.decode(buf, spans, arrival)
-                if chunk.events.size or chunk.counters.malformed or chunk.counters.dropped \
-                        or chunk.t_known_us is not None:
-                    # the events were copied out of buf by decode, so buf can be reused
-                    yield chunk
+                for chunk in self.decoder.decode_chunks(buf, spans, arrival):
+                    if chunk.events.size or chunk.counters.malformed or chunk.restart \
+                            or chunk.counters.dropped or chunk.t_known_us is not None:
+                        # the events were copied out of buf by decode, so buf can be reused
+                        yield chunk
                 if o.until_end and self.decoder.stats.end_packets:
                     return
         finally:

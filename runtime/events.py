@@ -81,7 +81,9 @@ class EventBatch:
     """Events sorted by t covering the half-open span [t_start_us, t_end_us) (µs).
 
     ``events`` has dtype EVENT_DTYPE and shape (n,); ``seq`` numbers batches from 0 per
-    source; ``counters`` counts what happened while this batch was produced.
+    source; ``counters`` counts what happened while this batch was produced; ``restart``:
+    the source's clock restarted with this batch (a new sender session, a reconnected
+    camera), so it may start before the previous batch ended.
     """
 
     events: np.ndarray
@@ -89,6 +91,7 @@ class EventBatch:
     t_end_us: int
     seq: int
     counters: Counters = field(default_factory=Counters)
+    restart: bool = False
 
     def __len__(self) -> int:
         return int(self.events.shape[0])

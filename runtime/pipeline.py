@@ -47,10 +47,13 @@ STATE_SCHEMA = 1
 
 @dataclass(frozen=True)
 class Arrival:
-    """A batch as queued by the reader, with its arrival time (perf_counter ns)."""
+    """A batch as queued by the reader, with its arrival time (perf_counter ns) and the
+    number of clock restarts its source had signalled up to it (``EventBatch.restart``): the
+    engine still sees a restart when the queue dropped the batch that carried it."""
 
     batch: EventBatch
     arrival_ns: int
+    clock_epoch: int = 0
 
     @property
     def events(self) -> np.ndarray:
@@ -69,8 +72,9 @@ class PipelineOptions:
     check, not at every step); wait_subscriber_s: before reading the source, wait
     up to this long for a first subscriber (XPUB notification), so that a short recording is
     not published into the void; restart_after_us: a batch that ends more than this long
-    (µs) before the time the network has reached means the stream's clock restarted (a
-    camera reconnected, a recording replayed again, a daemon resumed from a checkpoint):
+    (µs) before the time the network has reached, or one its source marks as the first after
+    a restart of its clock, means the stream's clock restarted (a camera reconnected, a new
+    sender session, a recording replayed again, a daemon resumed from a checkpoint):
     the network keeps what it learned, restarts its fast state (traces, beliefs, clock) at
     the new time and goes on (counted in ``stream_restarts``); smaller steps back (after a
     queue drop) are trimmed or skipped as stale.
@@ -190,6 +194,7 @@ class Pipeline:
         self._good_s = 0.0
         self._next_publish_us: int | None = None
         self._next_check_us = 0
+        self._clock_epoch = 0  # clock restarts of the source seen by the engine so far
         self._pending_arrivals: list[int] = []
         self.publish_every_us = options.publish_every_us
         if control is not None:
@@ -197,12 +202,15 @@ class Pipeline:
 
     # -- reader thread ----------------------------------------------------------------------
     def _read(self) -> None:
+        epoch = 0
         try:
             batches: Iterator[EventBatch] = self.source.batches(batch_us=self.options.batch_us)
             for batch in paced(batches, pace=self.options.pace, speed=self.options.speed):
                 if self.stop_event.is_set():
                     break
-                item = Arrival(batch, time.perf_counter_ns())
+                if batch.restart:
+                    epoch += 1
+                item = Arrival(batch, time.perf_counter_ns(), epoch)
                 while not self.ring.put(item, timeout=0.1):
                     if self.stop_event.is_set() or self.ring.closed:
                         return
@@ -288,12 +296,15 @@ class Pipeline:
         """Advance the network by one batch (no read-out); False if the batch was skipped."""
         batch = item.batch
         m = self.metrics
+        restarted = item.clock_epoch != self._clock_epoch
+        self._clock_epoch = item.clock_epoch
         m.batches += 1
         m.events_in += len(batch)
         m.source_dropped += batch.counters.dropped
         m.source_malformed += batch.counters.malformed
-        if (self.network.state.clock[K_STARTED]
-                and batch.t_end_us + self.options.restart_after_us <= self.network.t_us):
+        if self.network.state.clock[K_STARTED] and (
+                (restarted and batch.t_start_us < self.network.t_us)
+                or batch.t_end_us + self.options.restart_after_us <= self.network.t_us):
             log.warning("stream time went back from %d to %d µs: the stream restarted; "
                         "learned state kept, traces and beliefs restart", self.network.t_us,
                         batch.t_start_us)

@@ -396,3 +396,27 @@ def test_header_layout_is_documented_size() -> None:
     assert HEADER.size == 32
     hdr = HEADER.pack(MAGIC, 1, 0, 32, 1, 2, -5, 640, 480, 0)
     assert struct.unpack_from("<4s", hdr)[0] == b"AUGY" and hdr[6:8] == b"\x20\x00"
+
+
+def test_a_new_sender_session_restarts_the_clock() -> None:
+    """A sender that restarts (new session id) with its clock back at 0, e.g. `augury send`
+    run twice: its events are handed on, not dropped as going back in time, and batching
+    starts again at its first event."""
+    ev = _events(600, seed=9, t_span_us=300_000)
+    with _open(until_end=True) as src:
+        a = UdpSender(*src.address, geometry=GEOM, max_events_per_packet=100, session_id=1)
+        a.send(ev)
+        b = UdpSender(*src.address, geometry=GEOM, max_events_per_packet=100, session_id=2)
+        b.send(ev)  # the same times again
+        b.end(0)
+        batches = list(src.batches(batch_us=10_000))
+        a.close()
+        b.close()
+        assert src.decoder.seq.sessions == 2
+    got = np.concatenate([bt.events for bt in batches])
+    np.testing.assert_array_equal(got, np.concatenate([ev, ev]))
+    assert src.totals.dropped == 0
+    starts = [bt.t_start_us for bt in batches]
+    back = [i for i in range(1, len(starts)) if starts[i] < starts[i - 1]]
+    assert len(back) == 1  # one jump back in the batches' time, where the new sender starts
+    assert all(bt.t_end_us > bt.t_start_us for bt in batches)
