@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["tools.bench.latency"])
+@pytest.mark.parametrize("module", ["tools.bench.latency", "tools.spec_args"])
 def test_doctests(module: str) -> None:
     mod = importlib.import_module(module)
     result = doctest.testmod(mod)

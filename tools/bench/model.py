@@ -40,6 +40,7 @@ from augury.events import EventBatch
 from augury.model.network import Network
 from augury.model.scoring import ScoreBoard, window_counts
 from augury.model.spec import ModelSpec
+from tools.spec_args import add_spec_argument, spec_overrides
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 EVT3 = DATA / "prophesee" / "evt3_sample.raw"
@@ -311,15 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 M events, small ratios (< 1 min)")
     ap.add_argument("--events", type=int, default=None, help="events replayed (default 10 M)")
-    ap.add_argument("--spec", nargs="*", default=[],
-                    help="ModelSpec overrides key=value (JSON values), e.g. relax_steps=8")
+    add_spec_argument(ap)
     args = ap.parse_args(argv)
     if not EVT3.exists():
         raise SystemExit(f"{EVT3} is missing (the shared data directory is needed)")
-    try:
-        overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.spec)}
-    except ValueError as e:
-        raise SystemExit(f"--spec expects key=value with a JSON value: {e}") from None
+    overrides = spec_overrides(args.spec)
     res = run(args.quick, args.events, overrides)
     for k, v in res.items():
         if isinstance(v, dict):

@@ -38,6 +38,7 @@ from augury.model.network import Network
 from augury.model.spec import ModelSpec
 from augury.model.state import K_NEXT, K_STARTED, State
 from tools.bench.model import EVT3, ROTDISK, batches, load, looped
+from tools.spec_args import add_spec_argument, spec_overrides
 
 
 @njit(cache=True)
@@ -165,15 +166,11 @@ def phases(name: str, ev: np.ndarray, w: int, h: int, pool: int, overrides: dict
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer events and repeats (< 1 min)")
-    ap.add_argument("--spec", nargs="*", default=[],
-                    help="ModelSpec overrides key=value (JSON values), e.g. relax_steps=8")
+    add_spec_argument(ap)
     args = ap.parse_args(argv)
     if not EVT3.exists():
         raise SystemExit(f"{EVT3} is missing (the shared data directory is needed)")
-    try:
-        overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.spec)}
-    except ValueError as e:
-        raise SystemExit(f"--spec expects key=value with a JSON value: {e}") from None
+    overrides = spec_overrides(args.spec)
     repeats = 2 if args.quick else 5
     ev0, w, h = load(EVT3)
     burst = looped(ev0, 600_000 if args.quick else 1_000_000)

@@ -53,6 +53,7 @@ from augury.model.network import (
 from augury.model.scoring import FLOOR_COUNT, poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
 from tools.experiments.model_loglik import load
+from tools.spec_args import add_spec_argument, spec_overrides
 
 GS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # gains tried on the hierarchy's predicted change
 OFFS = ((-1, 0), (1, 0), (0, -1), (0, 1))  # neighbour columns (dy, dx)
@@ -313,13 +314,13 @@ def analyse(spec: ModelSpec, rec: dict[str, np.ndarray]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", nargs="*", default=[], help="ModelSpec overrides key=value")
+    add_spec_argument(ap)
     ap.add_argument("--streams", nargs="*", default=None)
     ap.add_argument("--quick", action="store_true", help="bars and the rotating disk only")
     args = ap.parse_args(argv)
     if args.streams is None:
         args.streams = ["bars", "rotdisk"] if args.quick else ["bars", "rotdisk", "dvxplorer"]
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.spec)}
+    overrides = spec_overrides(args.spec)
     results = {}
     for name in args.streams:
         ev, w, h = load(name)

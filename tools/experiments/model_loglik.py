@@ -30,6 +30,7 @@ from augury.events import EventBatch
 from augury.model.network import Network, column_to_map, traces_at
 from augury.model.scoring import ScoreBoard
 from augury.model.spec import ModelSpec
+from tools.spec_args import add_spec_argument, spec_overrides
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 STREAMS = {
@@ -128,7 +129,7 @@ def write_results(results: dict[str, dict[str, float]], command: str, *,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", nargs="*", default=[], help="ModelSpec overrides key=value")
+    add_spec_argument(ap)
     ap.add_argument("--streams", nargs="*", default=None)
     ap.add_argument("--quick", action="store_true",
                     help="only the synthetic bars and the rotating disk (< 1 min)")
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         args.streams = list(HELD_OUT)
     elif args.streams is None:
         args.streams = ["bars", "rotdisk"] if args.quick else list(STREAMS)
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.spec)}
+    overrides = spec_overrides(args.spec)
     results = {}
     for name in args.streams:
         ev, w, h = load(name)
