@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from augury.adapters.replay import paced
@@ -123,3 +125,16 @@ def test_paced_synthetic_source_end_to_end() -> None:
     it.close()
     # 10 endless-scene batches of 20 ms at 10× speed take 20 ms of (fake) wall time
     assert fc.now_s == pytest.approx(1000.0 + 10 * 0.020 / 10.0)
+
+
+def test_a_restarted_clock_is_paced_from_the_restart() -> None:
+    """After a batch marked ``restart`` (its source's clock started again) the replay is
+    paced from that moment: the restarted stream is not replayed at full speed."""
+    fc = FakeClock()
+    first = windows(5_000_000, 10_000, 3)
+    again = windows(0, 10_000, 3)
+    again[0] = dataclasses.replace(again[0], restart=True)
+    walls = [fc.now_s for _ in paced(first + again, pace="realtime", clock=fc.clock,
+                                     sleep=fc.sleep)]
+    steps = [b - a for a, b in zip([1000.0, *walls[:-1]], walls, strict=True)]
+    assert steps == pytest.approx([0.010] * 6, abs=1e-12)
