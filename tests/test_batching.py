@@ -231,3 +231,28 @@ def test_far_future_timestamp_gives_one_long_empty_batch_not_millions() -> None:
     gap = batches[1]
     assert len(gap) == 0 and gap.t_start_us == 10_000 and gap.t_end_us == 10**12
     assert [len(b) for b in batches] == [2, 0, 1]
+
+
+@pytest.mark.parametrize("mode", ["window", "count"])
+@pytest.mark.parametrize("window", [0, 2_000])
+def test_a_restarted_clock_is_batched_afresh(mode: str, window: int) -> None:
+    """A chunk marked ``restart`` (the source's clock started again) is not compared with
+    earlier times: nothing is dropped, the old clock's events are handed out first, and the
+    first batch of the new clock is marked ``restart``."""
+    t_old = np.arange(100_000, 160_000, 1_000)
+    t_new = np.arange(0, 40_000, 1_000)
+    old = make_events(t_old, t_old % 32, np.zeros_like(t_old), np.ones_like(t_old))
+    new = make_events(t_new, t_new % 32, np.ones_like(t_new), np.zeros_like(t_new))
+    chunks = [Chunk(old[:30], Counters(read=30)), Chunk(old[30:], Counters(read=30)),
+              Chunk(new[:20], Counters(read=20), restart=True),
+              Chunk(new[20:], Counters(read=20))]
+    src = ChunkedSource(chunks, reorder_window_us=window)
+    bs = list(src.batches(batch_us=10_000) if mode == "window" else src.batches(batch_events=7))
+    got = np.concatenate([b.events for b in bs])
+    np.testing.assert_array_equal(got, np.concatenate([old, new]))
+    assert src.totals.dropped == 0
+    flagged = [i for i, b in enumerate(bs) if b.restart]
+    assert len(flagged) == 1
+    k = flagged[0]
+    assert bs[k].t_start_us <= 0 < bs[k - 1].t_start_us  # the first batch on the new clock
+    assert all(b.t_end_us > b.t_start_us for b in bs)
