@@ -45,7 +45,7 @@ from augury.model.network import (
 )
 from augury.model.scoring import FLOOR_COUNT, poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
-from tools.experiments.model_loglik import STREAMS, load
+from tools.experiments.model_loglik import STREAMS, load_spec
 from tools.spec_args import add_spec_argument, spec_overrides
 
 GAINS = (0.8, 0.9, 1.1, 1.25)
@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = spec_overrides(args.spec)
     results = {}
     for name in args.streams:
-        ev, w, h = load(name)
-        pool = 8 if w >= 640 else 4
-        spec = ModelSpec.from_dict({"width": w, "height": h, "pool": pool, **overrides})
+        ev, spec = load_spec(name, overrides)
         results[name] = run(spec, ev)
         print(name, {k: round(v, 4) for k, v in results[name].items()})
     print(json.dumps({k: {a: round(b, 4) for a, b in v.items()} for k, v in results.items()}))

@@ -52,7 +52,7 @@ from augury.model.network import (
 )
 from augury.model.scoring import FLOOR_COUNT, poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
-from tools.experiments.model_loglik import load
+from tools.experiments.model_loglik import load_spec
 from tools.spec_args import add_spec_argument, spec_overrides
 
 GS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # gains tried on the hierarchy's predicted change
@@ -323,9 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = spec_overrides(args.spec)
     results = {}
     for name in args.streams:
-        ev, w, h = load(name)
-        pool = 8 if w >= 640 else 4
-        spec = ModelSpec.from_dict({"width": w, "height": h, "pool": pool, **overrides})
+        ev, spec = load_spec(name, overrides)
         results[name] = analyse(spec, record(spec, ev))
         print(name, {k: round(v, 4) for k, v in results[name].items()}, flush=True)
     print(json.dumps({k: {a: round(b, 4) for a, b in v.items()} for k, v in results.items()}))

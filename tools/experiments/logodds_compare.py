@@ -31,7 +31,7 @@ from augury.model.logodds import C_UP, LogOddsLayer, LogOddsSpec
 from augury.model.network import Network, column_to_map, map_to_column
 from augury.model.scoring import ScoreBoard, window_counts
 from augury.model.spec import ModelSpec
-from tools.experiments.model_loglik import load
+from tools.experiments.model_loglik import load_spec
 
 STREAM_NAMES = ("bars", "rotdisk", "dvxplorer")
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results.md"
@@ -154,10 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     lo = LogOddsSpec()
     results = {}
     for name in streams:
-        ev, w, h = load(name)
+        ev, spec = load_spec(name)
         if args.quick:
             ev = ev[ev["t"] < (600_000 if name == "bars" else 1_000_000)]
-        spec = ModelSpec.from_dict({"width": w, "height": h, "pool": 8 if w >= 640 else 4})
         res = evaluate(spec, ev, lo)
         res.update(throughput(spec, ev, lo))
         results[name] = res

@@ -69,6 +69,17 @@ def load(name: str) -> tuple[np.ndarray, int, int]:
     return ev, w, h
 
 
+def load_spec(name: str, overrides: dict[str, object] | None = None
+              ) -> tuple[np.ndarray, ModelSpec]:
+    """A named stream's events (t from 0) and the spec the experiments run it with: the
+    default ModelSpec for its sensor, pooled by 8 from 640 px wide and by 4 below, plus
+    ``overrides`` (ModelSpec fields)."""
+    ev, w, h = load(name)
+    pool = 8 if w >= 640 else 4
+    return ev, ModelSpec.from_dict({"width": w, "height": h, "pool": pool,
+                                    **(overrides or {})})
+
+
 def evaluate(spec: ModelSpec, ev: np.ndarray, *, learn: bool = True) -> dict[str, float]:
     """Log-likelihood gains (nats/event) and 90 % interval coverage over one stream."""
     net = Network(spec)
@@ -145,9 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = spec_overrides(args.spec)
     results = {}
     for name in args.streams:
-        ev, w, h = load(name)
-        pool = 8 if w >= 640 else 4
-        spec = ModelSpec.from_dict({"width": w, "height": h, "pool": pool, **overrides})
+        ev, spec = load_spec(name, overrides)
         learned = evaluate(spec, ev)
         frozen = evaluate(spec, ev, learn=False)
         results[name] = {
