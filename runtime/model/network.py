@@ -287,26 +287,29 @@ def l2_to_l1(spec: ModelSpec, a: np.ndarray) -> np.ndarray:
     return m[:r1, :c1].reshape(r1 * c1, spec.k1)
 
 
+def forecast_beliefs(spec: ModelSpec, st: State) -> np.ndarray:
+    """μ1' = max(0, μ1 + W2 (A μ2 − μ2)) with two layers, A μ1 with one: the layer-1 beliefs
+    the hierarchy expects one horizon ahead, (n1, K1)."""
+    n1 = spec.n1
+    if spec.layers == 1:
+        return np.einsum("ckl,cl->ck", _w(st.A, n1), st.mu1)
+    n2 = spec.n2
+    mu2p = np.einsum("ckl,cl->ck", _w(st.A, n2), st.mu2)
+    dpred = np.einsum("csk,ck->cs", _w(st.W2, n2), mu2p - st.mu2)
+    return np.maximum(st.mu1 + l2_to_l1(spec, dpred), 0.0)
+
+
 def predicted_traces(spec: ModelSpec, st: State, z: np.ndarray) -> np.ndarray:
     """x'_{t+Δ} = max(0, g ⊙ W1 μ1' + ρ ⊙ z + Σ_o R_o z_{·+o}), (n1, D1).
 
-    μ1' = μ1 + W2 (A μ2 − μ2) with two layers, A μ1 with one; z are the traces now (0 on
-    silent columns); g, ρ, R are the forecast units' learned weights on the hierarchy's
-    forecast, the channel's own trace and its 8 neighbours' traces.
+    μ1' from ``forecast_beliefs``; z are the traces now (0 on silent columns); g, ρ, R are
+    the forecast units' learned weights on the hierarchy's forecast, the channel's own
+    trace and its 8 neighbours' traces.
     """
-    n1 = spec.n1
-    w1 = _w(st.W1, n1)
-    if spec.layers == 1:
-        mu1p = np.einsum("ckl,cl->ck", _w(st.A, n1), st.mu1)
-    else:
-        n2 = spec.n2
-        mu2 = st.mu2
-        mu2p = np.einsum("ckl,cl->ck", _w(st.A, n2), mu2)
-        dpred = np.einsum("csk,ck->cs", _w(st.W2, n2), mu2p - mu2)
-        mu1p = np.maximum(st.mu1 + l2_to_l1(spec, dpred), 0.0)
+    w1 = _w(st.W1, spec.n1)
     za = z * (st.active != 0)[:, None]
-    return np.maximum(st.gh * np.einsum("cdk,ck->cd", w1, mu1p) + st.rho * za
-                      + lateral(spec, st.R[0], za), 0.0)
+    return np.maximum(st.gh * np.einsum("cdk,ck->cd", w1, forecast_beliefs(spec, st))
+                      + st.rho * za + lateral(spec, st.R[0], za), 0.0)
 
 
 def lateral(spec: ModelSpec, r: np.ndarray, resid: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ from augury.model.network import (
     Network,
     _w,
     column_to_map,
-    l2_to_l1,
+    forecast_beliefs,
     lateral,
     traces_at,
 )
@@ -72,15 +72,8 @@ def parts(spec: ModelSpec, net: Network, rate_hz: np.ndarray) -> dict[str, np.nd
     z = traces_at(spec, st, net.t_us)
     act = (st.active != 0)[:, None]
     za = z * act
-    n1 = spec.n1
-    w1 = _w(st.W1, n1)
-    if spec.layers == 1:
-        mu1p = np.einsum("ckl,cl->ck", _w(st.A, n1), st.mu1)
-    else:
-        n2 = spec.n2
-        mu2p = np.einsum("ckl,cl->ck", _w(st.A, n2), st.mu2)
-        dpred = np.einsum("csk,ck->cs", _w(st.W2, n2), mu2p - st.mu2)
-        mu1p = np.maximum(st.mu1 + l2_to_l1(spec, dpred), 0.0)
+    w1 = _w(st.W1, spec.n1)
+    mu1p = forecast_beliefs(spec, st)
     hier = np.einsum("cdk,ck->cd", w1, mu1p)
     dhier = np.einsum("cdk,ck->cd", w1, mu1p - st.mu1)
     lat = lateral(spec, st.R[0], za)
