@@ -41,6 +41,7 @@ def overflow_policy(cfg: Config) -> str:
 def model_spec(cfg: Config, source: EventSource) -> ModelSpec:
     """The model spec from ``[model]`` with the sensor geometry taken from the source."""
     table = {k: v for k, v in cfg.model.items() if k not in ("width", "height")}
+    table.setdefault("pool", 0)  # unless configured: chosen from the sensor size
     return ModelSpec.from_dict({**table, "width": source.geometry.width,
                                 "height": source.geometry.height})
 

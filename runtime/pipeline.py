@@ -148,7 +148,9 @@ def readout_messages(
         beliefs[f"sigma_l{i}"] = sigma
     return [
         ("beliefs", beliefs, {"layers": len(r.mu)}),
-        ("prediction", {"rate_hz": r.rate_hz, "rate_var": r.rate_var}, prediction_meta),
+        ("prediction", {"rate_hz": r.rate_hz, "rate_var": r.rate_var,
+                        "count_mean": r.count_mean, "count_var": r.count_var},
+         {"count_distribution": "poisson_mixture", **prediction_meta}),
         ("surprise", {"map": r.surprise_map, "zmap": r.surprise_zmap,
                       "total": np.array(r.surprise_total, np.float64),
                       "zscore": np.array(r.surprise_z, np.float64)},
@@ -158,7 +160,8 @@ def readout_messages(
 
 def readout_is_finite(r: Readout) -> bool:
     """True if every published number of the read-out is finite."""
-    arrays = [*r.mu, *r.sigma, r.rate_hz, r.rate_var, r.surprise_map]
+    arrays = [*r.mu, *r.sigma, r.rate_hz, r.rate_var, r.count_mean, r.count_var,
+              r.surprise_map]
     scalars = (r.surprise_total, r.free_energy)
     return all(np.isfinite(a).all() for a in arrays) and all(np.isfinite(s) for s in scalars)
 

@@ -22,7 +22,10 @@ def test_example_config_loads_and_builds_a_model_spec(tmp_path: Path) -> None:
     with open_source("synthetic://bars?duration_us=1000&width=64&height=48") as src:
         spec = model_spec(cfg, src)
     assert (spec.width, spec.height) == (64, 48)
-    assert spec.pool == cfg.model["pool"] and spec.k1 == cfg.model["k1"]
+    from augury.model.spec import default_pool
+
+    pool = cfg.model["pool"] or default_pool(spec.width, spec.height)
+    assert spec.pool == pool and spec.k1 == cfg.model["k1"]
 
 
 def _run_options() -> set[str]:

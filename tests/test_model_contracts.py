@@ -136,7 +136,11 @@ def test_readout_shapes_and_values() -> None:
     for a in (*r.mu, *r.sigma, r.rate_hz, r.rate_var, r.surprise_map):
         assert a.dtype == np.float32 and np.all(np.isfinite(a))
     assert all((s > 0).all() for s in r.sigma)
-    assert r.rate_hz.min() >= 0 and r.rate_var.min() > 0
+    assert r.rate_hz.min() >= 0 and r.rate_var.min() >= 0
+    # the count distribution is a Poisson mixture: variance at least the mean
+    assert r.count_mean.shape == r.count_var.shape == spec.pooled_shape + (2,)
+    assert np.all(r.count_var >= r.count_mean * (1 - 1e-5))
+    np.testing.assert_allclose(r.rate_hz, r.count_mean / (spec.horizon_us * 1e-6), rtol=1e-5)
     assert r.rate_hz.max() > 100.0  # the bars are predicted somewhere (events/s)
     assert r.surprise_total >= float(r.surprise_map.sum()) - 1e-3
 

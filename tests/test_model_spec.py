@@ -23,6 +23,18 @@ def test_from_dict_missing_geometry() -> None:
         ModelSpec.from_dict({"height": 48})
 
 
+def test_pool_zero_is_chosen_from_the_sensor_size() -> None:
+    from augury.model.spec import default_pool
+
+    assert [default_pool(w, h) for w, h in ((1280, 720), (640, 480), (346, 260), (320, 240),
+                                            (240, 180), (34, 34))] == [8, 4, 4, 2, 2, 1]
+    assert ModelSpec(width=346, height=260, pool=0).pool == 4
+    s = ModelSpec.from_dict({"width": 64, "height": 48, "mix_taus_us": [5000, 50000]})
+    assert s.mix_taus_us == (5000, 50000) and ModelSpec.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError, match="mix_taus_us"):
+        ModelSpec(width=64, height=48, mix_taus_us=(0,))
+
+
 def test_from_dict_coerces_numbers() -> None:
     s = ModelSpec.from_dict({"width": 64, "height": 48, "kappa": 1, "tau_us": 20000.0})
     assert s.kappa == 1.0 and isinstance(s.tau_us, int)
@@ -30,7 +42,7 @@ def test_from_dict_coerces_numbers() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("pool", 0), ("k1", -1), ("layers", 3), ("kappa", 0.0), ("kappa", 1.5), ("alpha", 2.0),
+    ("pool", -1), ("k1", -1), ("layers", 3), ("kappa", 0.0), ("kappa", 1.5), ("alpha", 2.0),
     ("pi_min", -1.0), ("theta_e", float("nan")), ("tau_us", 1.5), ("fixed_point", 1),
 ])
 def test_bad_field_is_named(field: str, value: object) -> None:

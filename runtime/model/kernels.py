@@ -65,6 +65,14 @@ from augury.model.state import (
     State,
 )
 
+MIX_FLOOR = 0.01
+"""Count floor m₀ (events per channel and window) of the rate experts' log-likelihoods: the
+same as ``scoring.FLOOR_COUNT``, with which predictions are scored."""
+
+OD_RATE = 0.05
+"""Per-horizon-tick rate of the overdispersion statistics ``odisp`` (≈ 20 horizons of memory:
+the forecast's error variance changes with the scene's motion, faster than its precisions)."""
+
 _kernel = njit(_nrt=False, cache=True, nogil=True)
 """Decorator of every kernel (no allocation inside, so no reference counting needed)."""
 _inline = njit(_nrt=False, cache=True, nogil=True, inline="always")
@@ -111,6 +119,13 @@ class Params(NamedTuple):
     homeo_eta: float
     relax_steps: int
     learn_us: int
+    fc_hier: bool  # the forecast units' gain g on the hierarchy's forecast learns
+    fc_lat: bool  # their lateral weights R learn
+    ns: int  # number of rate experts' traces (len(mix_taus_us))
+    mix_gamma: float  # per-horizon discount of the experts' log-evidence, exp(−Δ/memory)
+    mix_share: float
+    m0: float  # count floor of the experts' Poisson log-likelihoods (scoring.FLOOR_COUNT)
+    od_rate: float  # rate of the overdispersion statistics per horizon tick
 
 
 def make_params(spec: ModelSpec) -> Params:
@@ -127,6 +142,9 @@ def make_params(spec: ModelSpec) -> Params:
         relax_steps=spec.relax_steps, learn_us=spec.learn_us, settle=spec.settle,
         curv_mix=spec.curv_mix, homeo_rate=spec.homeo_rate, homeo_eta=spec.homeo_eta,
         sr=spec.stochastic_rounding and spec.fixed_point, seed=spec.seed,
+        fc_hier=spec.forecast_hier, fc_lat=spec.forecast_lateral, ns=len(spec.mix_taus_us),
+        mix_gamma=math.exp(-spec.horizon_us / spec.mix_memory_us), mix_share=spec.mix_share,
+        m0=MIX_FLOOR, od_rate=OD_RATE,
     )
 
 
@@ -219,7 +237,21 @@ def _decay(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
         else:
             for d in range(p.d1):
                 z1[j, d] = z1[j, d] * f
+        _decay_experts(st, sc, p, j, dt)
         tcol[j] = t
+
+
+@_inline
+def _decay_experts(st: State, sc: Scratch, p: Params, j: int, dt: int) -> None:
+    """zk_j,:,i ← zk_j,:,i · exp(−dt/τ_i): the rate experts' traces of column j (table, or
+    libm exp beyond it, e.g. a silent column reactivated)."""
+    for i in range(p.ns):
+        if dt < sc.decayk.shape[1]:
+            f = sc.decayk[i, dt]
+        else:
+            f = math.exp(-dt / sc.taus[i])
+        for d in range(p.d1):
+            st.zk[j, d, i] = qz(st.zk[j, d, i] * f, p.qs)
 
 
 @_kernel
@@ -470,6 +502,11 @@ def _relax_block(st: State, sc: Scratch, p: Params, big: int) -> None:
 
 @_kernel
 def _activate(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
+    """Column j wakes at t µs: its rate experts' traces (kept while it was silent, anchored
+    at its last horizon tick) are decayed to t, the new anchor."""
+    dt = t - st.tcol[j]
+    if dt > 0:
+        _decay_experts(st, sc, p, j, dt)
     st.active[j] = 1
     st.busy1[j] = 1
     st.tcol[j] = t
@@ -503,6 +540,13 @@ def _event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) 
         f = math.exp(-dt / p.tau_us)
     zs = qz(st.z1[j, d] + g, p.qs)
     st.z1[j, d] = zs
+    st.ncnt[j, d] += 1.0
+    for i in range(p.ns):
+        if dt < sc.growk.shape[1]:
+            gk = sc.growk[i, dt]
+        else:  # not reached (see above)
+            gk = math.exp(dt / sc.taus[i])
+        st.zk[j, d, i] = qz(st.zk[j, d, i] + gk, p.qs)
     _check1(st, sc, p, j, d, qz(zs * f, p.qs))
 
 
@@ -748,28 +792,31 @@ def _learn_residual(st: State, sc: Scratch, p: Params) -> None:
                     px = x0 + cc
                     zp = st.zprev[j, d]
                     hp = st.hprev[j, d]
-                    asum = zp + hp
-                    for oo in range(9):
-                        if oo != 4:
-                            asum += emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
+                    asum = zp + hp if p.fc_hier else zp
+                    if p.fc_lat:
+                        for oo in range(9):
+                            if oo != 4:
+                                asum += emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
                     err = st.z1[j, d] - st.fprev[j, d]
                     pi = _clip_pi(st.vF[j, d], p)
                     s2 = 1.0 / (1.0 / (st.srho[j, d] + p.q) + pi * zp * asum)
                     st.srho[j, d] = qz(s2, p.qs)
                     rr = st.rho[j, d] + s2 * pi * err * zp
                     st.rho[j, d] = qz(min(max(rr, 0.0), 1.0), p.qs)
-                    s2 = 1.0 / (1.0 / (st.sgh[j, d] + p.q) + pi * hp * asum)
-                    st.sgh[j, d] = qz(s2, p.qs)
-                    gg = st.gh[j, d] + s2 * pi * err * hp
-                    st.gh[j, d] = qz(min(max(gg, 0.0), 1.0), p.qs)
+                    if p.fc_hier:
+                        s2 = 1.0 / (1.0 / (st.sgh[j, d] + p.q) + pi * hp * asum)
+                        st.sgh[j, d] = qz(s2, p.qs)
+                        gg = st.gh[j, d] + s2 * pi * err * hp
+                        st.gh[j, d] = qz(min(max(gg, 0.0), 1.0), p.qs)
                     for oo in range(9):
-                        if oo != 4:
+                        if oo != 4 and p.fc_lat:
                             x = emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
                             o = (oo - 1 if oo > 4 else oo)
                             sc.GR[pol, o] += pi * err * x
                             sc.IR[pol, o] += pi * x * asum
-    _bayes_update(st.R, st.SR, sc.GR, sc.IR, 0, p.q, 0.0, 1.0, p.qs,
-                  _salt(p, st.counters[C_TICKS], 4))
+    if p.fc_lat:
+        _bayes_update(st.R, st.SR, sc.GR, sc.IR, 0, p.q, 0.0, 1.0, p.qs,
+                      _salt(p, st.counters[C_TICKS], 4))
 
 
 @_kernel
@@ -820,6 +867,80 @@ def _forecast(st: State, sc: Scratch, p: Params, j: int) -> None:
                         acc += st.R[0, pol, (oo - 1 if oo > 4 else oo)] * emap[y0 + r + oo // 3 - 1,
                                                                    x0 + cc + oo % 3 - 1, pol]
                 st.fprev[j, d] = qz(max(acc, 0.0), p.qs)
+
+
+@_kernel
+def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
+    """The rate experts at horizon tick tt (after the forecast units' ``_forecast``).
+
+    Every channel c (silent columns too: their experts' traces are decayed to tt, the new
+    anchor) scores each expert's count forecast m_i for the window just ended against its
+    count n (``ncnt``): ℓ_i = n ln(m_i + m₀) − (m_i + m₀) (the Poisson log-likelihood without
+    the ln n! that all experts share); with learning on, L_ci ← γ L_ci + ℓ_i and the
+    per-polarity sensor-wide L_g ← γ L_g + mean_c ℓ_i (γ = exp(−Δ/mix_memory_us)), and the
+    overdispersion statistics of active channels move (rate ``OD_RATE``): odisp[pol] ← running means
+    of Σ (n − m)² − v and Σ m² (m, v the mixture's mean and variance forecast). Then
+    the count is reset and each expert forecasts the next window: expert 0 the forecast
+    unit, m_0 = x'_c Δ/τ (0 in silent columns), expert i ≥ 1 the leaky trace with τ_i,
+    m_i = zk_ci Δ/τ_i (an EMA of the channel's rate).
+    """
+    ne = p.ns + 1
+    for pol in range(2):
+        for i in range(ne):
+            sc.mixg[pol, i] = 0.0
+        sc.odacc[pol, 0] = 0.0
+        sc.odacc[pol, 1] = 0.0
+    scale0 = p.horizon_us / p.tau_us
+    for j in range(st.active.shape[0]):
+        act = st.active[j] != 0
+        if not act:
+            dt = tt - st.tcol[j]
+            if dt > 0:
+                _decay_experts(st, sc, p, j, dt)
+                st.tcol[j] = tt
+        for d in range(p.d1):
+            n = st.ncnt[j, d]
+            pol = d % 2
+            if act and learn:  # the mixture's forecast for the window just ended
+                top = -math.inf
+                for i in range(ne):
+                    top = max(top, st.Lmix[j, d, i] + p.mix_share * st.Lglob[pol, i])
+                wsum = 0.0
+                mean = 0.0
+                second = 0.0
+                for i in range(ne):
+                    w = math.exp(st.Lmix[j, d, i] + p.mix_share * st.Lglob[pol, i] - top)
+                    m = st.mprev[j, d, i]
+                    wsum += w
+                    mean += w * m
+                    second += w * (m + m * m)
+                mean /= wsum
+                var = max(second / wsum - mean * mean, mean)
+                sc.odacc[pol, 0] += (n - mean) * (n - mean) - var
+                sc.odacc[pol, 1] += mean * mean
+            for i in range(ne):
+                m = st.mprev[j, d, i] + p.m0
+                ll = -m
+                if n > 0.0:
+                    ll += n * math.log(m)
+                sc.mixg[pol, i] += ll
+                if learn:
+                    st.Lmix[j, d, i] = qz(st.Lmix[j, d, i] * p.mix_gamma + ll, p.qs)
+            st.ncnt[j, d] = 0.0
+            st.mprev[j, d, 0] = qz(st.fprev[j, d] * scale0, p.qs) if act else 0.0
+            for i in range(p.ns):
+                st.mprev[j, d, i + 1] = qz(st.zk[j, d, i] * (p.horizon_us / sc.taus[i]),
+                                           p.qs)
+    if learn:
+        half = st.active.shape[0] * p.d1 // 2
+        a = p.od_rate
+        for pol in range(2):
+            for i in range(ne):
+                st.Lglob[pol, i] = qz(st.Lglob[pol, i] * p.mix_gamma + sc.mixg[pol, i] / half,
+                                      p.qs)
+            if sc.odacc[pol, 1] > 0.0:
+                st.odisp[pol, 0] = qz((1.0 - a) * st.odisp[pol, 0] + a * sc.odacc[pol, 0], p.qs)
+                st.odisp[pol, 1] = qz((1.0 - a) * st.odisp[pol, 1] + a * sc.odacc[pol, 1], p.qs)
 
 
 @_kernel
@@ -949,6 +1070,7 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                 for d in range(p.d1):
                     st.zprev[j, d] = st.z1[j, d]
                 _forecast(st, sc, p, j)
+        _mix(st, sc, p, tt, learn)
         f = _surprise(st, p)
         m = st.baseline[0]
         dv = f - m

@@ -20,6 +20,7 @@ from augury import event_kernels as ek
 from augury.events import EVENT_DTYPE, EventBatch, EventFormatError
 from augury.model import kernels, reference
 from augury.model import readout_kernels as rk
+from augury.model.mixture import count_forecast
 from augury.model.spec import ModelSpec
 from augury.model.state import (
     C_DOWN,
@@ -49,10 +50,14 @@ class Readout:
     t_us: stream time of the readout (the batch's t_end_us, µs).
     mu, sigma: per layer, posterior mean and standard deviation of the beliefs,
       shapes (rows1, cols1, k1) and, with two layers, (rows2, cols2, k2).
-    rate_hz: predicted event rate for the next horizon Δ per pooled cell and polarity,
-      λ = x'_{t+Δ}/τ in events/s, shape (Hp, Wp, 2) (channel 0 OFF, 1 ON).
-    rate_var: its predictive variance (v_F + g² Σ_k W² σ²)/τ², (events/s)², same shape, where
-      v_F is each channel's running variance of its own Δ-ahead forecast error.
+    count_mean: expected number of events in the next horizon window (t, t + Δ] per pooled
+      cell and polarity, shape (Hp, Wp, 2) (channel 0 OFF, 1 ON): the mean of the mixture of
+      rate experts (``augury.model.mixture``).
+    count_var: predictive variance of that count (events²), same shape; the count
+      distribution is the experts' Poisson mixture (variance ≥ mean).
+    rate_hz: count_mean / Δ in events/s (the predicted event rate), same shape.
+    rate_var: (count_var − count_mean) / Δ², (events/s)²: the variance of the rate in the
+      Poisson-Gamma reading (count ~ Poisson(λΔ), λ with this variance), kept from schema 1.
     surprise_map: Σ ½ π e² of layer-1 errors per column, shape (rows1, cols1);
     surprise_zmap: each active column's surprise as a z-score against its own running
     baseline (mean and variance at horizon ticks), 0 in silent columns, shape (rows1, cols1);
@@ -67,6 +72,8 @@ class Readout:
     sigma: list[np.ndarray]
     rate_hz: np.ndarray
     rate_var: np.ndarray
+    count_mean: np.ndarray
+    count_var: np.ndarray
     surprise_map: np.ndarray
     surprise_zmap: np.ndarray
     surprise_total: float
@@ -366,17 +373,30 @@ def compute_readout(spec: ModelSpec, st: State, t_us: int) -> Readout:
     if spec.layers == 2:
         mu.append(mu2.reshape(r2, c2, spec.k2))
         sigma.append(sigma2.reshape(r2, c2, spec.k2))
-    rate_hz = rate_hz.reshape(hp, wp, 2)
-    rate_var = rate_var.reshape(hp, wp, 2)
+    x_fore = map_to_column(spec, rate_hz.reshape(hp, wp, 2).astype(np.float64)
+                           * (spec.tau_us * 1e-6))
+    counts = _count_maps(spec, st, t_us, x_fore)
     s_map = s_col.reshape(r1, c1)
     mean, bvar = float(st.baseline[0]), float(st.baseline[1])
     return Readout(
-        t_us=int(t_us), mu=mu, sigma=sigma, rate_hz=rate_hz, rate_var=rate_var,
-        surprise_map=s_map, surprise_zmap=column_zscores(spec, st, s_col),
+        t_us=int(t_us), mu=mu, sigma=sigma, **counts, surprise_map=s_map,
+        surprise_zmap=column_zscores(spec, st, s_col),
         surprise_total=float(total),
         surprise_z=(total - mean) / float(np.sqrt(bvar + 1e-12)), free_energy=float(fe),
         spikes_up=0, spikes_down=0, synops=0, events=0,
     )
+
+
+def _count_maps(spec: ModelSpec, st: State, t_us: int,
+                x_fore: np.ndarray) -> dict[str, np.ndarray]:
+    """count_mean, count_var, rate_hz, rate_var maps (Hp, Wp, 2) float32 from the mixture of
+    rate experts, given the forecast units' trace forecast x_fore (n1, D1) at t_us."""
+    mean, var = count_forecast(spec, st, t_us, x_fore)
+    dt_s = spec.horizon_us * 1e-6
+    return {"rate_hz": column_to_map(spec, mean / dt_s).astype(np.float32),
+            "rate_var": column_to_map(spec, (var - mean) / dt_s**2).astype(np.float32),
+            "count_mean": column_to_map(spec, mean).astype(np.float32),
+            "count_var": column_to_map(spec, var).astype(np.float32)}
 
 
 def column_zscores(spec: ModelSpec, st: State, s_col: np.ndarray) -> np.ndarray:
@@ -390,7 +410,6 @@ def column_zscores(spec: ModelSpec, st: State, s_col: np.ndarray) -> np.ndarray:
 def compute_readout_numpy(spec: ModelSpec, st: State, t_us: int) -> Readout:
     """Readout at t_us from the state with vectorised NumPy: the reference twin of
     ``compute_readout`` (obvious, slower; the oracle of tests/test_model_readout.py)."""
-    tau_s = spec.tau_us * 1e-6
     act1 = st.active != 0
     z = traces_at(spec, st, t_us)
     e1 = (z - st.xhat1) * act1[:, None]
@@ -411,16 +430,13 @@ def compute_readout_numpy(spec: ModelSpec, st: State, t_us: int) -> Readout:
     fe += total + spec.sparsity * float(sum(m.sum() for m in mus))
     fe += 0.5 * spec.pi_prior * float(np.sum(top * top))
     xp = predicted_traces(spec, st, z)
-    w1 = _w(st.W1, spec.n1)
-    pvar = st.vF + st.gh**2 * np.einsum("cdk,ck->cd", w1 * w1, var[0])
     mean, bvar = float(st.baseline[0]), float(st.baseline[1])
     return Readout(
         t_us=int(t_us),
         mu=[m.reshape(s).astype(np.float32) for m, s in zip(mus, shapes, strict=True)],
         sigma=[np.sqrt(v).reshape(s).astype(np.float32) for v, s in zip(var, shapes,
                                                                           strict=True)],
-        rate_hz=column_to_map(spec, xp / tau_s).astype(np.float32),
-        rate_var=column_to_map(spec, pvar / tau_s**2).astype(np.float32),
+        **_count_maps(spec, st, t_us, xp),
         surprise_map=s_col.reshape(spec.grid1).astype(np.float32),
         surprise_zmap=column_zscores(spec, st, s_col),
         surprise_total=total,

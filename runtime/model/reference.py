@@ -202,11 +202,18 @@ def relax2(st: State, sc: Scratch, p: Params, big: int) -> None:
             check2(st, sc, p, big, s)
 
 
-def decay(st: State, p: Params, j: int, t: int) -> None:
+def decay(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
     dt = t - int(st.tcol[j])
     if dt > 0:
         st.z1[j] = q(st.z1[j] * math.exp(-dt / p.tau_us), p.qs)
+        decay_experts(st, sc, p, j, dt)
         st.tcol[j] = t
+
+
+def decay_experts(st: State, sc: Scratch, p: Params, j: int, dt: int) -> None:
+    """zk_j,:,i ← zk_j,:,i · exp(−dt/τ_i), the rate experts' traces of column j."""
+    for i in range(p.ns):
+        st.zk[j, :, i] = q(st.zk[j, :, i] * math.exp(-dt / float(sc.taus[i])), p.qs)
 
 
 def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -> None:
@@ -214,6 +221,9 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -
     j = (py // p.column) * p.ncx + px // p.column
     d = ((py % p.column) * p.column + px % p.column) * 2 + pol
     if not st.active[j]:
+        gap = t - int(st.tcol[j])
+        if gap > 0:  # the experts' traces were kept while the column was silent
+            decay_experts(st, sc, p, j, gap)
         st.active[j] = 1
         st.busy1[j] = 1
         st.tcol[j] = t
@@ -229,6 +239,9 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -
     st.busy1[j] = 1  # an input event is news: the column's error units are polled next tick
     dt = t - int(st.tcol[j])
     st.z1[j, d] = q(st.z1[j, d] + math.exp(dt / p.tau_us), p.qs)
+    st.ncnt[j, d] += 1.0
+    for i in range(p.ns):
+        st.zk[j, d, i] = q(st.zk[j, d, i] + math.exp(dt / float(sc.taus[i])), p.qs)
     z = q(st.z1[j, d] * math.exp(-dt / p.tau_us), p.qs)
     e = q(st.pi1[j, d] * (z - st.xhat1[j, d]), p.qs)
     delta = e - st.eps1[j, d]
@@ -391,22 +404,83 @@ def learn_residual(st: State, p: Params) -> None:
             for o in range(8):
                 j2, d2 = nbr(p, j, d, o)
                 xs.append(float(st.zprev[j2, d2]) if j2 >= 0 else 0.0)
-            asum = zp + hp
-            for x in xs:
-                asum += x
+            asum = zp + hp if p.fc_hier else zp
+            if p.fc_lat:
+                for x in xs:
+                    asum += x
             err = st.z1[j, d] - st.fprev[j, d]
             pi = min(max(1.0 / (st.vF[j, d] + p.v0), p.pi_min), p.pi_max)
             s2 = 1.0 / (1.0 / (st.srho[j, d] + p.q) + pi * zp * asum)
             st.srho[j, d] = q(s2, p.qs)
             st.rho[j, d] = q(min(max(st.rho[j, d] + s2 * pi * err * zp, 0.0), 1.0), p.qs)
-            s2 = 1.0 / (1.0 / (st.sgh[j, d] + p.q) + pi * hp * asum)
-            st.sgh[j, d] = q(s2, p.qs)
-            st.gh[j, d] = q(min(max(st.gh[j, d] + s2 * pi * err * hp, 0.0), 1.0), p.qs)
+            if p.fc_hier:
+                s2 = 1.0 / (1.0 / (st.sgh[j, d] + p.q) + pi * hp * asum)
+                st.sgh[j, d] = q(s2, p.qs)
+                st.gh[j, d] = q(min(max(st.gh[j, d] + s2 * pi * err * hp, 0.0), 1.0), p.qs)
             for o, x in enumerate(xs):
                 G[pol, o] += pi * err * x
                 info[pol, o] += pi * x * asum
-    bayes_update(st.R, st.SR, G, info, 0, p.q, 1.0, p.qs,
+    if p.fc_lat:
+        bayes_update(st.R, st.SR, G, info, 0, p.q, 1.0, p.qs,
                      salt(p, st.counters[C_TICKS], 4))
+
+
+def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
+    """The rate experts at horizon tick tt: score each expert's count forecast on the window
+    just ended (Poisson, floor m₀, without ln n!), discount and add to the per-channel and
+    sensor-wide log-evidence (learning only), reset the counts, forecast the next window:
+    m_0 = x' Δ/τ (forecast unit, 0 if silent), m_i = zk_i Δ/τ_i."""
+    ne = p.ns + 1
+    g = np.zeros((2, ne))
+    od = np.zeros((2, 2))
+    for j in range(st.active.shape[0]):
+        act = bool(st.active[j])
+        if not act:
+            dt = tt - int(st.tcol[j])
+            if dt > 0:
+                decay_experts(st, sc, p, j, dt)
+                st.tcol[j] = tt
+        for d in range(p.d1):
+            n = float(st.ncnt[j, d])
+            pol = d % 2
+            if act and learning:  # the mixture's forecast for the window just ended
+                logit = [float(st.Lmix[j, d, i]) + p.mix_share * float(st.Lglob[pol, i])
+                         for i in range(ne)]
+                top = max(logit)
+                wsum = mean = second = 0.0
+                for i in range(ne):
+                    w = math.exp(logit[i] - top)
+                    m = float(st.mprev[j, d, i])
+                    wsum += w
+                    mean += w * m
+                    second += w * (m + m * m)
+                mean /= wsum
+                var = max(second / wsum - mean * mean, mean)
+                od[pol, 0] += (n - mean) * (n - mean) - var
+                od[pol, 1] += mean * mean
+            for i in range(ne):
+                m = float(st.mprev[j, d, i]) + p.m0
+                ll = -m
+                if n > 0.0:
+                    ll += n * math.log(m)
+                g[d % 2, i] += ll
+                if learning:
+                    st.Lmix[j, d, i] = q(st.Lmix[j, d, i] * p.mix_gamma + ll, p.qs)
+            st.ncnt[j, d] = 0.0
+            st.mprev[j, d, 0] = q(st.fprev[j, d] * (p.horizon_us / p.tau_us), p.qs) if act \
+                else 0.0
+            for i in range(p.ns):
+                st.mprev[j, d, i + 1] = q(st.zk[j, d, i] * (p.horizon_us / float(sc.taus[i])),
+                                          p.qs)
+    if learning:
+        half = st.active.shape[0] * p.d1 // 2
+        a = p.od_rate
+        for pol in range(2):
+            for i in range(ne):
+                st.Lglob[pol, i] = q(st.Lglob[pol, i] * p.mix_gamma + g[pol, i] / half, p.qs)
+            if od[pol, 1] > 0.0:
+                st.odisp[pol, 0] = q((1.0 - a) * st.odisp[pol, 0] + a * od[pol, 0], p.qs)
+                st.odisp[pol, 1] = q((1.0 - a) * st.odisp[pol, 1] + a * od[pol, 1], p.qs)
 
 
 def forecast(st: State, p: Params, j: int) -> None:
@@ -469,7 +543,7 @@ def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
     epoch = tt % p.learn_us == 0 or tt % p.horizon_us == 0
     for j in np.flatnonzero(st.active):
         if epoch or st.busy1[j]:
-            decay(st, p, j, tt)
+            decay(st, sc, p, j, tt)
             sweep1(st, p, j)
     for step in range(p.relax_steps):  # only columns whose beliefs still move or got input
         for j in range(st.active.shape[0]):
@@ -498,6 +572,7 @@ def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
         for j in np.flatnonzero(st.active):
             st.zprev[j] = st.z1[j]
             forecast(st, p, j)
+        mix(st, sc, p, tt, learning)
         f = surprise(st, p)
         m = st.baseline[0]
         st.baseline[0] = m + p.beta * (f - m)

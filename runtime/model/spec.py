@@ -32,7 +32,7 @@ class ModelSpec:
 
     width: int
     height: int
-    pool: int = 8
+    pool: int = 8  # 0: chosen from the sensor size (``default_pool``), as the daemon does
     tau_us: int = 20_000  # trace time constant τ
     column: int = 4  # pooled cells per column side
     k1: int = 8
@@ -68,11 +68,26 @@ class ModelSpec:
     frac_bits: int = 20  # Q-format fraction bits when fixed_point (Q11.20 fits int32)
     stochastic_rounding: bool = False  # fixed_point: round learned weights stochastically
     per_column_weights: bool = False
+    forecast_hier: bool = True  # forecast units use the hierarchy's forecast (g learns)
+    forecast_lateral: bool = True  # forecast units use their neighbours' traces (R learns)
+    mix_taus_us: tuple[int, ...] = (5_000, 50_000, 200_000, 1_000_000)  # rate experts' τ_i
+    mix_memory_us: int = 2_000_000  # time constant of the experts' discounted log-evidence
+    mix_share: float = 1.0  # weight of the sensor-wide evidence in each channel's mixture
 
     def __post_init__(self) -> None:
+        if isinstance(self.mix_taus_us, list):
+            object.__setattr__(self, "mix_taus_us", tuple(self.mix_taus_us))
+        if self.pool == 0:
+            object.__setattr__(self, "pool", default_pool(self.width, self.height))
         _check_int(self, "width", 1, 65535)
         _check_int(self, "height", 1, 65535)
         _check_int(self, "pool", 1, 256)
+        _check_int(self, "mix_memory_us", 1, 10**12)
+        if not isinstance(self.mix_taus_us, tuple) or len(self.mix_taus_us) > 8 or any(
+                isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10**9
+                for v in self.mix_taus_us):
+            raise ValueError(f"ModelSpec.mix_taus_us must be up to 8 ints in 1..10**9 (µs), "
+                             f"got {self.mix_taus_us!r}")
         _check_int(self, "tau_us", 1, 10**9)
         _check_int(self, "column", 1, 64)
         _check_int(self, "k1", 1, 256)
@@ -98,6 +113,7 @@ class ModelSpec:
                      "settle", "homeo_rate", "homeo_eta"):
             _check_float(self, name, 0.0, math.inf, lo_open=False)
         _check_float(self, "curv_mix", 0.0, 1.0, lo_open=False)
+        _check_float(self, "mix_share", 0.0, math.inf, lo_open=False)
         for name in ("kappa", "alpha", "baseline_beta"):
             _check_float(self, name, 0.0, 1.0, lo_open=True)
         for name in ("pi_prior", "s2_init", "a_s2_init", "v0", "pi_min", "pi_max", "w_max"):
@@ -106,7 +122,8 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.pi_min={self.pi_min} exceeds pi_max={self.pi_max}")
         if self.w_init > self.w_max:
             raise ValueError(f"ModelSpec.w_init={self.w_init} exceeds w_max={self.w_max}")
-        for name in ("fixed_point", "per_column_weights", "stochastic_rounding"):
+        for name in ("fixed_point", "per_column_weights", "stochastic_rounding",
+                     "forecast_hier", "forecast_lateral"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelSpec.{name} must be a bool, got "
                                  f"{getattr(self, name)!r}")
@@ -169,7 +186,7 @@ class ModelSpec:
         kwargs: dict[str, Any] = {}
         for k, v in d.items():
             default = known[k].default
-            if isinstance(default, bool) or k in ("width", "height"):
+            if isinstance(default, bool) or k in ("width", "height", "mix_taus_us"):
                 kwargs[k] = v
             elif isinstance(default, int) and isinstance(v, float) and v.is_integer():
                 kwargs[k] = int(v)
@@ -181,6 +198,25 @@ class ModelSpec:
         if missing:
             raise ValueError(f"ModelSpec needs key(s): {', '.join(missing)}")
         return cls(**kwargs)
+
+
+def default_pool(width: int, height: int) -> int:
+    """Pooling for a sensor of width × height px (``pool = 0`` in a spec or config asks for it).
+
+    Rule: pool = 2^k, the smallest with max(width, height) / pool ≤ ``POOL_CELLS`` (160):
+    1280×720 → 8, 640×480 → 4, DAVIS346 → 4, DVXplorer 320×240 → 2, DAVIS240 → 2,
+    N-MNIST 34×34 → 1. Finer cells let the forecast units use motion (a cell's neighbours'
+    traces); see docs/results.md for the measurement behind the threshold.
+    """
+    side = max(int(width), int(height), 1)
+    pool = 1
+    while -(-side // pool) > POOL_CELLS and pool < 256:
+        pool *= 2
+    return pool
+
+
+POOL_CELLS = 160
+"""Largest number of pooled cells along the sensor's longer side chosen by ``default_pool``."""
 
 
 def _check_int(spec: ModelSpec, name: str, lo: int, hi: int) -> None:

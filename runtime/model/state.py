@@ -27,6 +27,14 @@ clock: [t_now_us, next_tick_us, started, n_active]; counters: [events, spikes_up
 spikes_down, synops, ticks]; baseline: [mean, variance] of the surprise at horizon ticks;
 sbase1 (n1, 2): [mean, variance] of each layer-1 column's own surprise Σ_d ½ π e² at the
 horizon ticks when it was active (the per-column z-score's running baseline).
+Rate experts (NS = len(mix_taus_us) leaky traces per channel, NE = NS + 1 experts with the
+forecast unit as expert 0): zk (n1, D1, NS) the traces (events, τ_i, anchored at tcol like
+z1, kept while the column is silent); ncnt (n1, D1) events since the last horizon tick;
+mprev (n1, D1, NE) each expert's count forecast for the current horizon window; Lmix
+(n1, D1, NE) each channel's discounted log-evidence of the experts; Lglob (2, NE) the
+sensor-wide one per polarity (mean over channels); odisp (2, 2) per polarity the running
+means of (n − m)² − v and m² over active channels (m, v the mixture's forecast mean and
+variance), whose ratio is the overdispersion c added to the published variance (c m²).
 """
 
 from __future__ import annotations
@@ -93,6 +101,12 @@ class State(NamedTuple):
     counters: np.ndarray
     baseline: np.ndarray
     sbase1: np.ndarray
+    zk: np.ndarray
+    ncnt: np.ndarray
+    mprev: np.ndarray
+    Lmix: np.ndarray
+    Lglob: np.ndarray
+    odisp: np.ndarray
 
 
 class Scratch(NamedTuple):
@@ -128,10 +142,16 @@ class Scratch(NamedTuple):
     big1: np.ndarray  # layer-2 column above each layer-1 column, (n1,)
     slot1: np.ndarray  # its first input slot there, (n1,)
     kids: np.ndarray  # the 4 layer-1 columns under each layer-2 column (−1 off the grid), (n2, 4)
+    decayk: np.ndarray  # decayk[i, dt] = exp(−dt/τ_i) of the rate experts' traces, (NS, gap + 1)
+    growk: np.ndarray  # growk[i, dt] = exp(+dt/τ_i), (NS, gap + 1)
+    taus: np.ndarray  # the rate experts' τ_i, µs, (NS,)
+    odacc: np.ndarray  # per-polarity [Σ (n − m)² − v, Σ m²] of active channels at a tick, (2, 2)
+    mixg: np.ndarray  # per-polarity sums of the experts' log-likelihoods at a horizon tick, (2, NE)
 
 
 LEARNED = ("W1", "S1", "W2", "S2", "A", "SA", "v1", "pi1", "v2", "pi2", "vA", "gh", "sgh",
-           "rho", "srho", "R", "SR", "vF", "gain1")
+           "rho", "srho", "R", "SR", "vF", "gain1", "Lmix", "Lglob",
+           "odisp")
 """Arrays changed only by learning (frozen by ``Network.freeze_learning``)."""
 
 
@@ -151,6 +171,7 @@ def init_state(spec: ModelSpec) -> State:
     na = nt if spec.per_column_weights else 1
     f8 = np.float64
     pi0 = min(max(1.0 / (1.0 + spec.v0), spec.pi_min), spec.pi_max)
+    ns = len(spec.mix_taus_us)
     w1 = rng.uniform(0.0, spec.w_init, size=(nw1, d1, k1))
     w2 = rng.uniform(0.0, spec.w_init, size=(nw2, d2, k2))
     st = State(
@@ -177,6 +198,9 @@ def init_state(spec: ModelSpec) -> State:
         clock=np.zeros(4, np.int64), counters=np.zeros(5, np.int64),
         baseline=np.array([0.0, 1.0], f8),
         sbase1=np.repeat(np.array([[0.0, 1.0]], f8), n1, axis=0),
+        zk=np.zeros((n1, d1, ns), f8), ncnt=np.zeros((n1, d1), f8),
+        mprev=np.zeros((n1, d1, ns + 1), f8), Lmix=np.zeros((n1, d1, ns + 1), f8),
+        Lglob=np.zeros((2, ns + 1), f8), odisp=np.zeros((2, 2), f8),
     )
     if spec.fixed_point:
         s = spec.q_scale
@@ -188,6 +212,7 @@ def init_scratch(spec: ModelSpec) -> Scratch:
     """Zeroed accumulators plus the geometry tables the kernels index instead of dividing."""
     nt, kt = top_shape(spec)
     f8 = np.float64
+    ns = len(spec.mix_taus_us)
     r1, c1 = spec.grid1
     _, c2 = spec.grid2
     c = spec.column
@@ -215,6 +240,12 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         big1=((cy // 2) * c2 + cx // 2).astype(np.int64),
         slot1=(((cy % 2) * 2 + cx % 2) * spec.k1).astype(np.int64),
         kids=_kids(spec),
+        decayk=np.array([[math.exp(-dt / float(tk)) for dt in range(_poll_gap(spec) + 1)]
+                         for tk in spec.mix_taus_us], f8).reshape(ns, _poll_gap(spec) + 1),
+        growk=np.array([[math.exp(dt / float(tk)) for dt in range(_poll_gap(spec) + 1)]
+                        for tk in spec.mix_taus_us], f8).reshape(ns, _poll_gap(spec) + 1),
+        taus=np.array(spec.mix_taus_us, f8).reshape(ns),
+        mixg=np.zeros((2, ns + 1), f8), odacc=np.zeros((2, 2), f8),
     )
 
 
