@@ -108,7 +108,7 @@ def _nb_cdf(n: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     mean = np.maximum(mean, 1e-12)
     over = var > mean * (1 + 1e-6)
     r = np.where(over, mean**2 / np.maximum(var - mean, 1e-300), np.inf)
-    qq = np.where(over, mean / var, 1.0)  # success probability r/(r + mean)
+    qq = np.where(over, mean / np.maximum(var, 1e-300), 1.0)  # success probability
     pmf = np.where(over, np.exp(r * np.log(np.where(over, qq, 1.0))), np.exp(-mean))
     cdf = np.where(n >= 0, pmf, 0.0)
     for k in range(int(n.max(initial=0))):
@@ -121,10 +121,10 @@ def _nb_cdf(n: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["noise", "bars"])
 def test_count_intervals_are_calibrated(kind: str) -> None:
     """The published count distribution (count_mean, count_var; read as a negative binomial)
-    covers the next window's counts: randomised PIT inside the central 90 % for 82–95 % of
-    the busy cells (predicted or observed ≥ 1 event); measured 0.85 on bars (the target is
-    0.87–0.93: one overdispersion per polarity is too coarse for a scene with both still and
-    moving parts, see docs/results.md)."""
+    covers the next window's counts: the randomised PIT of every cell's count falls inside
+    the central 90 % for 85–95 % of cells (exactly 90 % when calibrated; measured 0.874 on
+    these bars, 0.90 on noise). Cells are not selected by their outcome (selecting "busy"
+    cells by the observed count biases the PIT)."""
     spec = ModelSpec(width=128, height=96, pool=4)
     t1 = 2_000_000
     ev = noise(128, 96, t1, 20.0, seed=2) if kind == "noise" else _bars(t1, 5.0)
@@ -136,15 +136,14 @@ def test_count_intervals_are_calibrated(kind: str) -> None:
         n = window_counts(spec, b.events)
         if prev is not None and i > 60:
             mean, var = prev
-            busy = (mean + n) >= 1
             lo = _nb_cdf(n - 1, mean, var)
             u = lo + rng.random(n.shape) * (_nb_cdf(n, mean, var) - lo)
-            inside += int(np.sum(busy & (u >= 0.05) & (u <= 0.95)))
-            total += int(busy.sum())
+            inside += int(np.sum((u >= 0.05) & (u <= 0.95)))
+            total += int(u.size)
         r = net.step(b)
         prev = (r.count_mean.astype(np.float64), r.count_var.astype(np.float64))
     assert total > 10_000
-    assert 0.82 <= inside / total <= 0.95, inside / total
+    assert 0.85 <= inside / total <= 0.95, inside / total
 
 
 def test_column_surprise_zscores_localise_a_novel_stimulus() -> None:

@@ -237,21 +237,7 @@ def _decay(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
         else:
             for d in range(p.d1):
                 z1[j, d] = z1[j, d] * f
-        _decay_experts(st, sc, p, j, dt)
         tcol[j] = t
-
-
-@_inline
-def _decay_experts(st: State, sc: Scratch, p: Params, j: int, dt: int) -> None:
-    """zk_j,:,i ← zk_j,:,i · exp(−dt/τ_i): the rate experts' traces of column j (table, or
-    libm exp beyond it, e.g. a silent column reactivated)."""
-    for i in range(p.ns):
-        if dt < sc.decayk.shape[1]:
-            f = sc.decayk[i, dt]
-        else:
-            f = math.exp(-dt / sc.taus[i])
-        for d in range(p.d1):
-            st.zk[j, d, i] = qz(st.zk[j, d, i] * f, p.qs)
 
 
 @_kernel
@@ -502,11 +488,6 @@ def _relax_block(st: State, sc: Scratch, p: Params, big: int) -> None:
 
 @_kernel
 def _activate(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
-    """Column j wakes at t µs: its rate experts' traces (kept while it was silent, anchored
-    at its last horizon tick) are decayed to t, the new anchor."""
-    dt = t - st.tcol[j]
-    if dt > 0:
-        _decay_experts(st, sc, p, j, dt)
     st.active[j] = 1
     st.busy1[j] = 1
     st.tcol[j] = t
@@ -540,13 +521,7 @@ def _event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) 
         f = math.exp(-dt / p.tau_us)
     zs = qz(st.z1[j, d] + g, p.qs)
     st.z1[j, d] = zs
-    st.ncnt[j, d] += 1.0
-    for i in range(p.ns):
-        if dt < sc.growk.shape[1]:
-            gk = sc.growk[i, dt]
-        else:  # not reached (see above)
-            gk = math.exp(dt / sc.taus[i])
-        st.zk[j, d, i] = qz(st.zk[j, d, i] + gk, p.qs)
+    st.ncnt[j, d] += 1.0  # the window's count, for the rate experts (``_mix``)
     _check1(st, sc, p, j, d, qz(zs * f, p.qs))
 
 
@@ -873,16 +848,17 @@ def _forecast(st: State, sc: Scratch, p: Params, j: int) -> None:
 def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     """The rate experts at horizon tick tt (after the forecast units' ``_forecast``).
 
-    Every channel c (silent columns too: their experts' traces are decayed to tt, the new
-    anchor) scores each expert's count forecast m_i for the window just ended against its
-    count n (``ncnt``): ℓ_i = n ln(m_i + m₀) − (m_i + m₀) (the Poisson log-likelihood without
-    the ln n! that all experts share); with learning on, L_ci ← γ L_ci + ℓ_i and the
-    per-polarity sensor-wide L_g ← γ L_g + mean_c ℓ_i (γ = exp(−Δ/mix_memory_us)), and the
-    overdispersion statistics of active channels move (rate ``OD_RATE``): odisp[pol] ← running means
-    of Σ (n − m)² − v and Σ m² (m, v the mixture's mean and variance forecast). Then
-    the count is reset and each expert forecasts the next window: expert 0 the forecast
-    unit, m_0 = x'_c Δ/τ (0 in silent columns), expert i ≥ 1 the leaky trace with τ_i,
-    m_i = zk_ci Δ/τ_i (an EMA of the channel's rate).
+    Every channel c (silent columns too) scores each expert's count forecast m_i for the
+    window just ended against its count n (``ncnt``): ℓ_i = n ln(m_i + m₀) − (m_i + m₀)
+    (the Poisson log-likelihood without the ln n! that all experts share). With learning
+    on, L_ci ← γ L_ci + ℓ_i and the per-polarity sensor-wide L_g ← γ L_g + mean_c ℓ_i
+    (γ = exp(−Δ/mix_memory_us)), and the overdispersion statistics of active channels move
+    (rate ``OD_RATE``): odisp[pol] ← running means of Σ (n − m)² − v and Σ m² (m, v the
+    mixture's mean and variance forecast). Then each expert i ≥ 1 updates its exponential
+    moving average of the window counts, zk_ci ← (1 − β_i) zk_ci + β_i n with
+    β_i = 1 − exp(−Δ/τ_i), the count is reset, and the experts forecast the next window:
+    expert 0 the forecast unit, m_0 = x'_c Δ/τ (0 in silent columns), expert i ≥ 1 its
+    average, m_i = zk_ci.
     """
     ne = p.ns + 1
     for pol in range(2):
@@ -893,11 +869,6 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     scale0 = p.horizon_us / p.tau_us
     for j in range(st.active.shape[0]):
         act = st.active[j] != 0
-        if not act:
-            dt = tt - st.tcol[j]
-            if dt > 0:
-                _decay_experts(st, sc, p, j, dt)
-                st.tcol[j] = tt
         for d in range(p.d1):
             n = st.ncnt[j, d]
             pol = d % 2
@@ -929,8 +900,10 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
             st.ncnt[j, d] = 0.0
             st.mprev[j, d, 0] = qz(st.fprev[j, d] * scale0, p.qs) if act else 0.0
             for i in range(p.ns):
-                st.mprev[j, d, i + 1] = qz(st.zk[j, d, i] * (p.horizon_us / sc.taus[i]),
-                                           p.qs)
+                b = sc.betak[i]
+                zz = qz((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
+                st.zk[j, d, i] = zz
+                st.mprev[j, d, i + 1] = zz
     if learn:
         half = st.active.shape[0] * p.d1 // 2
         a = p.od_rate

@@ -5,9 +5,9 @@ in the next horizon window Δ:
 
 * expert 0, the forecast unit: m_0 = x'_c Δ/τ (its own and neighbours' traces and the
   hierarchy's forecast, docs/model.md §1);
-* expert i ≥ 1, a leaky trace of the channel's events with time constant τ_i
-  (``ModelSpec.mix_taus_us``): m_i = zk_ci(t) Δ/τ_i, the rate it implies times Δ (an
-  exponential moving average of the channel's rate over τ_i).
+* expert i ≥ 1, an exponential moving average of the channel's counts per window with time
+  constant τ_i (``ModelSpec.mix_taus_us``), m_i = zk_ci, updated at every horizon tick
+  (zk ← (1 − β_i) zk + β_i n, β_i = 1 − exp(−Δ/τ_i)): the channel's recent rate over τ_i.
 
 Their weights are the posterior probabilities of "expert i is the channel's best model",
 from each expert's discounted Poisson log-evidence L_ci (the channel's own) plus
@@ -34,18 +34,15 @@ from augury.model.spec import ModelSpec
 from augury.model.state import State
 
 
-def expert_counts(spec: ModelSpec, st: State, t_us: int, x_fore: np.ndarray) -> np.ndarray:
-    """Every expert's count forecast for the window after t_us, (n1, D1, NE) events.
+def expert_counts(spec: ModelSpec, st: State, x_fore: np.ndarray) -> np.ndarray:
+    """Every expert's count forecast for the next window, (n1, D1, NE) events.
 
-    x_fore: the forecast units' trace forecast x' at t_us, (n1, D1) events (0 where silent).
-    The experts' traces are decayed in closed form from their anchor ``tcol`` to t_us.
+    x_fore: the forecast units' trace forecast x' at the read-out time, (n1, D1) events (0
+    where silent). The averaging experts' forecasts are their averages as of the last
+    horizon tick (they change only there).
     """
-    dt = np.maximum(t_us - st.tcol, 0).astype(np.float64)  # (n1,)
-    taus = np.asarray(spec.mix_taus_us, np.float64)  # (NS,)
-    decay = np.exp(-dt[:, None] / taus[None, :]) if taus.size else np.zeros((dt.size, 0))
-    slow = st.zk * decay[:, None, :] * (spec.horizon_us / taus)[None, None, :]
     fast = np.asarray(x_fore, np.float64) * (spec.horizon_us / spec.tau_us)
-    return np.concatenate([fast[:, :, None], slow], axis=2)
+    return np.concatenate([fast[:, :, None], st.zk], axis=2)
 
 
 def expert_weights(spec: ModelSpec, st: State) -> np.ndarray:
@@ -75,13 +72,13 @@ def overdispersion(st: State) -> np.ndarray:
     return np.where(den > 0, np.maximum(num, 0.0) / np.where(den > 0, den, 1.0), 0.0)
 
 
-def count_forecast(spec: ModelSpec, st: State, t_us: int,
+def count_forecast(spec: ModelSpec, st: State,
                    x_fore: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(count_mean, count_var) per channel for the horizon window after t_us, (n1, D1) each:
+    """(count_mean, count_var) per channel for the next horizon window, (n1, D1) each:
     the mixture of the experts (module docstring), its variance widened by the measured
     overdispersion, var + c_pol m² (what the mixture of Poissons misses: the forecast's own
     error on moving edges)."""
     mean, var = mixture_moments(expert_weights(spec, st),
-                                expert_counts(spec, st, t_us, x_fore))
+                                expert_counts(spec, st, x_fore))
     c = overdispersion(st)[np.arange(spec.d1) % 2]
     return mean, var + c[None, :] * mean * mean

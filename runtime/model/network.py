@@ -373,9 +373,13 @@ def compute_readout(spec: ModelSpec, st: State, t_us: int) -> Readout:
     if spec.layers == 2:
         mu.append(mu2.reshape(r2, c2, spec.k2))
         sigma.append(sigma2.reshape(r2, c2, spec.k2))
-    x_fore = map_to_column(spec, rate_hz.reshape(hp, wp, 2).astype(np.float64)
-                           * (spec.tau_us * 1e-6))
-    counts = _count_maps(spec, st, t_us, x_fore)
+    count_mean = np.empty_like(rate_hz)
+    count_var = np.empty_like(rate_hz)
+    rk.mixture_maps(rate_hz, st.Lmix, st.Lglob, st.zk, st.odisp, float(spec.mix_share),
+                    spec.column, c1, spec.horizon_us * 1e-6, rate_var, count_mean, count_var)
+    counts = {name: a.reshape(hp, wp, 2) for name, a in (
+        ("rate_hz", rate_hz), ("rate_var", rate_var), ("count_mean", count_mean),
+        ("count_var", count_var))}
     s_map = s_col.reshape(r1, c1)
     mean, bvar = float(st.baseline[0]), float(st.baseline[1])
     return Readout(
@@ -391,7 +395,7 @@ def _count_maps(spec: ModelSpec, st: State, t_us: int,
                 x_fore: np.ndarray) -> dict[str, np.ndarray]:
     """count_mean, count_var, rate_hz, rate_var maps (Hp, Wp, 2) float32 from the mixture of
     rate experts, given the forecast units' trace forecast x_fore (n1, D1) at t_us."""
-    mean, var = count_forecast(spec, st, t_us, x_fore)
+    mean, var = count_forecast(spec, st, x_fore)
     dt_s = spec.horizon_us * 1e-6
     return {"rate_hz": column_to_map(spec, mean / dt_s).astype(np.float32),
             "rate_var": column_to_map(spec, (var - mean) / dt_s**2).astype(np.float32),

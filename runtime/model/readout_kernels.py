@@ -414,3 +414,53 @@ def readout_arrays(z1: np.ndarray, tcol: np.ndarray, active: np.ndarray, xhat1: 
                   rate_var)
     return (rate_hz, rate_var, s_col, sigma1, sigma2, mu1.astype(np.float32),
             mu2.astype(np.float32), total, logs, mu_sum, top_sq)
+
+
+@_kernel
+def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, zk: np.ndarray,
+                 odisp: np.ndarray, mix_share: float, column: int, cols1: int,
+                 horizon_s: float, rate_var: np.ndarray, count_mean: np.ndarray,
+                 count_var: np.ndarray) -> None:
+    """The published count forecast: the per-channel mixture of rate experts.
+
+    In: rate_hz (Hp, 2·Wp) the forecast units' rate x'/τ (events/s); lmix (n1, D1, NE) and
+    lglob (2, NE) the experts' log-evidence, zk (n1, D1, NE − 1) the averaging experts'
+    counts, odisp (2, 2) the overdispersion statistics (``augury.model.mixture``, its NumPy
+    twin). Writes (Hp, 2·Wp) float32: count_mean = Σ w m, count_var = Σ w (m + m²) − mean²
+    + c mean², rate_hz = count_mean/Δ (in place), rate_var = (count_var − count_mean)/Δ².
+    """
+    hp, w2 = rate_hz.shape
+    ne = lmix.shape[2]
+    c = np.zeros(2)
+    for pol in range(2):
+        if odisp[pol, 1] > 0.0:
+            c[pol] = max(odisp[pol, 0], 0.0) / odisp[pol, 1]
+    logit = np.empty(ne)
+    for y in range(hp):
+        for xi in range(w2):
+            x = xi // 2
+            pol = xi % 2
+            j = (y // column) * cols1 + x // column
+            d = ((y % column) * column + x % column) * 2 + pol
+            top = -np.inf
+            for i in range(ne):
+                v = lmix[j, d, i] + mix_share * lglob[pol, i]
+                logit[i] = v
+                top = max(top, v)
+            wsum = 0.0
+            mean = 0.0
+            second = 0.0
+            for i in range(ne):
+                if logit[i] - top < -40.0:  # weight < 5e-18 of the best: negligible
+                    continue
+                w = math.exp(logit[i] - top)
+                m = rate_hz[y, xi] * horizon_s if i == 0 else zk[j, d, i - 1]
+                wsum += w
+                mean += w * m
+                second += w * (m + m * m)
+            mean /= wsum
+            var = max(second / wsum - mean * mean, mean) + c[pol] * mean * mean
+            count_mean[y, xi] = mean
+            count_var[y, xi] = var
+            rate_hz[y, xi] = mean / horizon_s
+            rate_var[y, xi] = (var - mean) / (horizon_s * horizon_s)

@@ -206,14 +206,7 @@ def decay(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
     dt = t - int(st.tcol[j])
     if dt > 0:
         st.z1[j] = q(st.z1[j] * math.exp(-dt / p.tau_us), p.qs)
-        decay_experts(st, sc, p, j, dt)
         st.tcol[j] = t
-
-
-def decay_experts(st: State, sc: Scratch, p: Params, j: int, dt: int) -> None:
-    """zk_j,:,i ← zk_j,:,i · exp(−dt/τ_i), the rate experts' traces of column j."""
-    for i in range(p.ns):
-        st.zk[j, :, i] = q(st.zk[j, :, i] * math.exp(-dt / float(sc.taus[i])), p.qs)
 
 
 def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -> None:
@@ -221,9 +214,6 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -
     j = (py // p.column) * p.ncx + px // p.column
     d = ((py % p.column) * p.column + px % p.column) * 2 + pol
     if not st.active[j]:
-        gap = t - int(st.tcol[j])
-        if gap > 0:  # the experts' traces were kept while the column was silent
-            decay_experts(st, sc, p, j, gap)
         st.active[j] = 1
         st.busy1[j] = 1
         st.tcol[j] = t
@@ -240,8 +230,6 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -
     dt = t - int(st.tcol[j])
     st.z1[j, d] = q(st.z1[j, d] + math.exp(dt / p.tau_us), p.qs)
     st.ncnt[j, d] += 1.0
-    for i in range(p.ns):
-        st.zk[j, d, i] = q(st.zk[j, d, i] + math.exp(dt / float(sc.taus[i])), p.qs)
     z = q(st.z1[j, d] * math.exp(-dt / p.tau_us), p.qs)
     e = q(st.pi1[j, d] * (z - st.xhat1[j, d]), p.qs)
     delta = e - st.eps1[j, d]
@@ -428,18 +416,14 @@ def learn_residual(st: State, p: Params) -> None:
 def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
     """The rate experts at horizon tick tt: score each expert's count forecast on the window
     just ended (Poisson, floor m₀, without ln n!), discount and add to the per-channel and
-    sensor-wide log-evidence (learning only), reset the counts, forecast the next window:
-    m_0 = x' Δ/τ (forecast unit, 0 if silent), m_i = zk_i Δ/τ_i."""
+    sensor-wide log-evidence (learning only), update the experts' EMAs of the counts, reset
+    the counts, forecast the next window: m_0 = x' Δ/τ (forecast unit, 0 if silent),
+    m_i = zk_i."""
     ne = p.ns + 1
     g = np.zeros((2, ne))
     od = np.zeros((2, 2))
     for j in range(st.active.shape[0]):
         act = bool(st.active[j])
-        if not act:
-            dt = tt - int(st.tcol[j])
-            if dt > 0:
-                decay_experts(st, sc, p, j, dt)
-                st.tcol[j] = tt
         for d in range(p.d1):
             n = float(st.ncnt[j, d])
             pol = d % 2
@@ -469,9 +453,10 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
             st.ncnt[j, d] = 0.0
             st.mprev[j, d, 0] = q(st.fprev[j, d] * (p.horizon_us / p.tau_us), p.qs) if act \
                 else 0.0
-            for i in range(p.ns):
-                st.mprev[j, d, i + 1] = q(st.zk[j, d, i] * (p.horizon_us / float(sc.taus[i])),
-                                          p.qs)
+            for i in range(p.ns):  # EMAs of the window counts, β_i = 1 − exp(−Δ/τ_i)
+                b = float(sc.betak[i])
+                st.zk[j, d, i] = q((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
+                st.mprev[j, d, i + 1] = st.zk[j, d, i]
     if learning:
         half = st.active.shape[0] * p.d1 // 2
         a = p.od_rate

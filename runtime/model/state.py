@@ -27,9 +27,10 @@ clock: [t_now_us, next_tick_us, started, n_active]; counters: [events, spikes_up
 spikes_down, synops, ticks]; baseline: [mean, variance] of the surprise at horizon ticks;
 sbase1 (n1, 2): [mean, variance] of each layer-1 column's own surprise Σ_d ½ π e² at the
 horizon ticks when it was active (the per-column z-score's running baseline).
-Rate experts (NS = len(mix_taus_us) leaky traces per channel, NE = NS + 1 experts with the
-forecast unit as expert 0): zk (n1, D1, NS) the traces (events, τ_i, anchored at tcol like
-z1, kept while the column is silent); ncnt (n1, D1) events since the last horizon tick;
+Rate experts (NS = len(mix_taus_us) averaging experts per channel, NE = NS + 1 with the
+forecast unit as expert 0): zk (n1, D1, NS) the experts' exponential moving averages of the
+channel's counts per horizon window (events per window, time constant τ_i); ncnt (n1, D1)
+events since the last horizon tick;
 mprev (n1, D1, NE) each expert's count forecast for the current horizon window; Lmix
 (n1, D1, NE) each channel's discounted log-evidence of the experts; Lglob (2, NE) the
 sensor-wide one per polarity (mean over channels); odisp (2, 2) per polarity the running
@@ -142,9 +143,7 @@ class Scratch(NamedTuple):
     big1: np.ndarray  # layer-2 column above each layer-1 column, (n1,)
     slot1: np.ndarray  # its first input slot there, (n1,)
     kids: np.ndarray  # the 4 layer-1 columns under each layer-2 column (−1 off the grid), (n2, 4)
-    decayk: np.ndarray  # decayk[i, dt] = exp(−dt/τ_i) of the rate experts' traces, (NS, gap + 1)
-    growk: np.ndarray  # growk[i, dt] = exp(+dt/τ_i), (NS, gap + 1)
-    taus: np.ndarray  # the rate experts' τ_i, µs, (NS,)
+    betak: np.ndarray  # the rate experts' EMA rates β_i = 1 − exp(−Δ/τ_i) per window, (NS,)
     odacc: np.ndarray  # per-polarity [Σ (n − m)² − v, Σ m²] of active channels at a tick, (2, 2)
     mixg: np.ndarray  # per-polarity sums of the experts' log-likelihoods at a horizon tick, (2, NE)
 
@@ -240,11 +239,8 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         big1=((cy // 2) * c2 + cx // 2).astype(np.int64),
         slot1=(((cy % 2) * 2 + cx % 2) * spec.k1).astype(np.int64),
         kids=_kids(spec),
-        decayk=np.array([[math.exp(-dt / float(tk)) for dt in range(_poll_gap(spec) + 1)]
-                         for tk in spec.mix_taus_us], f8).reshape(ns, _poll_gap(spec) + 1),
-        growk=np.array([[math.exp(dt / float(tk)) for dt in range(_poll_gap(spec) + 1)]
-                        for tk in spec.mix_taus_us], f8).reshape(ns, _poll_gap(spec) + 1),
-        taus=np.array(spec.mix_taus_us, f8).reshape(ns),
+        betak=np.array([1.0 - math.exp(-spec.horizon_us / float(tk))
+                        for tk in spec.mix_taus_us], f8).reshape(ns),
         mixg=np.zeros((2, ns + 1), f8), odacc=np.zeros((2, 2), f8),
     )
 
