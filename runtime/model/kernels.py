@@ -858,7 +858,8 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     moving average of the window counts, zk_ci ← (1 − β_i) zk_ci + β_i n with
     β_i = 1 − exp(−Δ/τ_i), the count is reset, and the experts forecast the next window:
     expert 0 the forecast unit, m_0 = x'_c Δ/τ (0 in silent columns), expert i ≥ 1 its
-    average, m_i = zk_ci.
+    bias-corrected average, m_i = zk_ci / (1 − (1 − β_i)^K), K the windows seen since the
+    stream (re)started (``mixage``).
     """
     ne = p.ns + 1
     for pol in range(2):
@@ -867,6 +868,9 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
         sc.odacc[pol, 0] = 0.0
         sc.odacc[pol, 1] = 0.0
     scale0 = p.horizon_us / p.tau_us
+    st.mixage[0] += 1
+    for i in range(p.ns):  # bias correction of the averages started at 0, K windows ago
+        sc.corrk[i] = 1.0 - (1.0 - sc.betak[i]) ** st.mixage[0]
     for j in range(st.active.shape[0]):
         act = st.active[j] != 0
         for d in range(p.d1):
@@ -903,7 +907,7 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                 b = sc.betak[i]
                 zz = qz((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
                 st.zk[j, d, i] = zz
-                st.mprev[j, d, i + 1] = zz
+                st.mprev[j, d, i + 1] = qz(zz / sc.corrk[i], p.qs)
     if learn:
         half = st.active.shape[0] * p.d1 // 2
         a = p.od_rate

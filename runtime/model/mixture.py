@@ -6,8 +6,9 @@ in the next horizon window Δ:
 * expert 0, the forecast unit: m_0 = x'_c Δ/τ (its own and neighbours' traces and the
   hierarchy's forecast, docs/model.md §1);
 * expert i ≥ 1, an exponential moving average of the channel's counts per window with time
-  constant τ_i (``ModelSpec.mix_taus_us``), m_i = zk_ci, updated at every horizon tick
-  (zk ← (1 − β_i) zk + β_i n, β_i = 1 − exp(−Δ/τ_i)): the channel's recent rate over τ_i.
+  constant τ_i (``ModelSpec.mix_taus_us``), updated at every horizon tick
+  (zk ← (1 − β_i) zk + β_i n, β_i = 1 − exp(−Δ/τ_i)) and bias-corrected for its start at 0,
+  m_i = zk_ci / (1 − (1 − β_i)^K): the channel's recent rate over τ_i.
 
 Their weights are the posterior probabilities of "expert i is the channel's best model",
 from each expert's discounted Poisson log-evidence L_ci (the channel's own) plus
@@ -42,7 +43,16 @@ def expert_counts(spec: ModelSpec, st: State, x_fore: np.ndarray) -> np.ndarray:
     horizon tick (they change only there).
     """
     fast = np.asarray(x_fore, np.float64) * (spec.horizon_us / spec.tau_us)
-    return np.concatenate([fast[:, :, None], st.zk], axis=2)
+    return np.concatenate([fast[:, :, None], st.zk / bias_correction(spec, st)[None, None, :]],
+                          axis=2)
+
+
+def bias_correction(spec: ModelSpec, st: State) -> np.ndarray:
+    """1 − (1 − β_i)^K per averaging expert, (NS,): an average started at 0 K windows ago
+    (``State.mixage``) divided by it is unbiased for a steady rate; 1 before any window."""
+    k = int(st.mixage[0])
+    beta = np.array([1.0 - np.exp(-spec.horizon_us / t) for t in spec.mix_taus_us], np.float64)
+    return np.ones_like(beta) if k == 0 else 1.0 - (1.0 - beta) ** k
 
 
 def expert_weights(spec: ModelSpec, st: State) -> np.ndarray:

@@ -422,6 +422,8 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
     ne = p.ns + 1
     g = np.zeros((2, ne))
     od = np.zeros((2, 2))
+    st.mixage[0] += 1
+    corr = [1.0 - (1.0 - float(sc.betak[i])) ** int(st.mixage[0]) for i in range(p.ns)]
     for j in range(st.active.shape[0]):
         act = bool(st.active[j])
         for d in range(p.d1):
@@ -456,7 +458,7 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
             for i in range(p.ns):  # EMAs of the window counts, β_i = 1 − exp(−Δ/τ_i)
                 b = float(sc.betak[i])
                 st.zk[j, d, i] = q((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
-                st.mprev[j, d, i + 1] = st.zk[j, d, i]
+                st.mprev[j, d, i + 1] = q(st.zk[j, d, i] / corr[i], p.qs)
     if learning:
         half = st.active.shape[0] * p.d1 // 2
         a = p.od_rate

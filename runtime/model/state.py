@@ -35,7 +35,10 @@ mprev (n1, D1, NE) each expert's count forecast for the current horizon window; 
 (n1, D1, NE) each channel's discounted log-evidence of the experts; Lglob (2, NE) the
 sensor-wide one per polarity (mean over channels); odisp (2, 2) per polarity the running
 means of (n − m)² − v and m² over active channels (m, v the mixture's forecast mean and
-variance), whose ratio is the overdispersion c added to the published variance (c m²).
+variance), whose ratio is the overdispersion c added to the published variance (c m²);
+mixage (1,) int64 the number of windows the averaging experts have seen since the stream
+(re)started, K: their forecasts are bias-corrected, zk / (1 − (1 − β_i)^K), so that a
+new stream is forecast from its first window on (as an average started at the first count).
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class State(NamedTuple):
     Lmix: np.ndarray
     Lglob: np.ndarray
     odisp: np.ndarray
+    mixage: np.ndarray
 
 
 class Scratch(NamedTuple):
@@ -144,6 +148,7 @@ class Scratch(NamedTuple):
     slot1: np.ndarray  # its first input slot there, (n1,)
     kids: np.ndarray  # the 4 layer-1 columns under each layer-2 column (−1 off the grid), (n2, 4)
     betak: np.ndarray  # the rate experts' EMA rates β_i = 1 − exp(−Δ/τ_i) per window, (NS,)
+    corrk: np.ndarray  # their bias corrections 1 − (1 − β_i)^K at the current window, (NS,)
     odacc: np.ndarray  # per-polarity [Σ (n − m)² − v, Σ m²] of active channels at a tick, (2, 2)
     mixg: np.ndarray  # per-polarity sums of the experts' log-likelihoods at a horizon tick, (2, NE)
 
@@ -200,6 +205,7 @@ def init_state(spec: ModelSpec) -> State:
         zk=np.zeros((n1, d1, ns), f8), ncnt=np.zeros((n1, d1), f8),
         mprev=np.zeros((n1, d1, ns + 1), f8), Lmix=np.zeros((n1, d1, ns + 1), f8),
         Lglob=np.zeros((2, ns + 1), f8), odisp=np.zeros((2, 2), f8),
+        mixage=np.zeros(1, np.int64),
     )
     if spec.fixed_point:
         s = spec.q_scale
@@ -241,6 +247,7 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         kids=_kids(spec),
         betak=np.array([1.0 - math.exp(-spec.horizon_us / float(tk))
                         for tk in spec.mix_taus_us], f8).reshape(ns),
+        corrk=np.ones(ns, f8),
         mixg=np.zeros((2, ns + 1), f8), odacc=np.zeros((2, 2), f8),
     )
 
