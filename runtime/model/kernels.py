@@ -844,6 +844,15 @@ def _forecast(st: State, sc: Scratch, p: Params, j: int) -> None:
                 st.fprev[j, d] = qz(max(acc, 0.0), p.qs)
 
 
+@_inline
+def _gain(odisp: np.ndarray, pol: int) -> float:
+    """κ of polarity pol: the forecast unit's count calibration, Σ n / Σ m_0 over active
+    channels (running sums in odisp[pol, 2:4]), clamped to [1/4, 4]; 1 before any data."""
+    if odisp[pol, 3] <= 0.0:
+        return 1.0
+    return min(max(odisp[pol, 2] / odisp[pol, 3], 0.25), 4.0)
+
+
 @_kernel
 def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     """The rate experts at horizon tick tt (after the forecast units' ``_forecast``).
@@ -854,10 +863,13 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     on, L_ci ← γ L_ci + ℓ_i and the per-polarity sensor-wide L_g ← γ L_g + mean_c ℓ_i
     (γ = exp(−Δ/mix_memory_us)), and the overdispersion statistics of active channels move
     (rate ``OD_RATE``): odisp[pol] ← running means of Σ (n − m)² − v and Σ m² (m, v the
-    mixture's mean and variance forecast). Then each expert i ≥ 1 updates its exponential
+    mixture's mean and variance forecast), and so do the count calibration sums of the
+    forecast unit, odisp[pol, 2:4] ← running means of Σ n and Σ m_0/κ (its uncalibrated
+    forecast). Then each expert i ≥ 1 updates its exponential
     moving average of the window counts, zk_ci ← (1 − β_i) zk_ci + β_i n with
     β_i = 1 − exp(−Δ/τ_i), the count is reset, and the experts forecast the next window:
-    expert 0 the forecast unit, m_0 = x'_c Δ/τ (0 in silent columns), expert i ≥ 1 its
+    expert 0 the forecast unit, m_0 = κ x'_c Δ/τ (0 in silent columns; κ = ``_gain`` as of
+    the start of this tick), expert i ≥ 1 its
     bias-corrected average, m_i = zk_ci / (1 − (1 − β_i)^K), K the windows seen since the
     stream (re)started (``mixage``).
     """
@@ -865,8 +877,9 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     for pol in range(2):
         for i in range(ne):
             sc.mixg[pol, i] = 0.0
-        sc.odacc[pol, 0] = 0.0
-        sc.odacc[pol, 1] = 0.0
+        for k in range(4):
+            sc.odacc[pol, k] = 0.0
+        sc.kap[pol] = _gain(st.odisp, pol)
     scale0 = p.horizon_us / p.tau_us
     st.mixage[0] += 1
     for i in range(p.ns):  # bias correction of the averages started at 0, K windows ago
@@ -893,6 +906,8 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                 var = max(second / wsum - mean * mean, mean)
                 sc.odacc[pol, 0] += (n - mean) * (n - mean) - var
                 sc.odacc[pol, 1] += mean * mean
+                sc.odacc[pol, 2] += n
+                sc.odacc[pol, 3] += st.mprev[j, d, 0] / sc.kap[pol]
             for i in range(ne):
                 m = st.mprev[j, d, i] + p.m0
                 ll = -m
@@ -902,7 +917,7 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                 if learn:
                     st.Lmix[j, d, i] = qz(st.Lmix[j, d, i] * p.mix_gamma + ll, p.qs)
             st.ncnt[j, d] = 0.0
-            st.mprev[j, d, 0] = qz(st.fprev[j, d] * scale0, p.qs) if act else 0.0
+            st.mprev[j, d, 0] = qz(sc.kap[pol] * st.fprev[j, d] * scale0, p.qs) if act else 0.0
             for i in range(p.ns):
                 b = sc.betak[i]
                 zz = qz((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
@@ -916,8 +931,9 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                 st.Lglob[pol, i] = qz(st.Lglob[pol, i] * p.mix_gamma + sc.mixg[pol, i] / half,
                                       p.qs)
             if sc.odacc[pol, 1] > 0.0:
-                st.odisp[pol, 0] = qz((1.0 - a) * st.odisp[pol, 0] + a * sc.odacc[pol, 0], p.qs)
-                st.odisp[pol, 1] = qz((1.0 - a) * st.odisp[pol, 1] + a * sc.odacc[pol, 1], p.qs)
+                for k in range(4):
+                    st.odisp[pol, k] = qz((1.0 - a) * st.odisp[pol, k] + a * sc.odacc[pol, k],
+                                          p.qs)
 
 
 @_kernel

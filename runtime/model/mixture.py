@@ -3,8 +3,10 @@
 Each pooled channel c (cell × polarity) has NE = 1 + NS experts forecasting its event count
 in the next horizon window Δ:
 
-* expert 0, the forecast unit: m_0 = x'_c Δ/τ (its own and neighbours' traces and the
-  hierarchy's forecast, docs/model.md §1);
+* expert 0, the forecast unit: m_0 = κ x'_c Δ/τ (its own and neighbours' traces and the
+  hierarchy's forecast, docs/model.md §1), κ a sensor-wide calibration per polarity
+  (Σ n / Σ m_0 over active channels: the trace forecast over-predicts counts after a
+  transient, because the trace still holds the events of the edge that just passed);
 * expert i ≥ 1, an exponential moving average of the channel's counts per window with time
   constant τ_i (``ModelSpec.mix_taus_us``), updated at every horizon tick
   (zk ← (1 − β_i) zk + β_i n, β_i = 1 − exp(−Δ/τ_i)) and bias-corrected for its start at 0,
@@ -42,7 +44,8 @@ def expert_counts(spec: ModelSpec, st: State, x_fore: np.ndarray) -> np.ndarray:
     where silent). The averaging experts' forecasts are their averages as of the last
     horizon tick (they change only there).
     """
-    fast = np.asarray(x_fore, np.float64) * (spec.horizon_us / spec.tau_us)
+    kap = calibration(st)[np.arange(spec.d1) % 2]
+    fast = np.asarray(x_fore, np.float64) * (spec.horizon_us / spec.tau_us) * kap[None, :]
     return np.concatenate([fast[:, :, None], st.zk / bias_correction(spec, st)[None, None, :]],
                           axis=2)
 
@@ -73,6 +76,14 @@ def mixture_moments(w: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarra
     mean = np.sum(w * m, axis=-1)
     second = np.sum(w * (m + m * m), axis=-1)
     return mean, np.maximum(second - mean * mean, mean)
+
+
+def calibration(st: State) -> np.ndarray:
+    """κ per polarity, (2,): the running mean of the counts over the running mean of the
+    forecast unit's uncalibrated count forecasts (active channels, kernels ``_mix``),
+    clamped to [1/4, 4]; 1 before any data. Expert 0 forecasts κ x' Δ/τ."""
+    num, den = st.odisp[:, 2], st.odisp[:, 3]
+    return np.where(den > 0, np.clip(num / np.where(den > 0, den, 1.0), 0.25, 4.0), 1.0)
 
 
 def overdispersion(st: State) -> np.ndarray:

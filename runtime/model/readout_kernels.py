@@ -425,17 +425,20 @@ def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, zk: n
 
     In: rate_hz (Hp, 2·Wp) the forecast units' rate x'/τ (events/s); lmix (n1, D1, NE) and
     lglob (2, NE) the experts' log-evidence, zk (n1, D1, NE − 1) the averaging experts'
-    counts and corr (NE − 1,) their bias corrections, odisp (2, 2) the overdispersion
-    statistics (``augury.model.mixture``, its NumPy twin). Writes (Hp, 2·Wp) float32:
-    count_mean = Σ w m, count_var = Σ w (m + m²) − mean² + c mean², rate_hz =
-    count_mean/Δ (in place), rate_var = (count_var − count_mean)/Δ².
+    counts and corr (NE − 1,) their bias corrections, odisp (2, 4) the overdispersion and
+    calibration statistics (``augury.model.mixture``, its NumPy twin). Writes (Hp, 2·Wp)
+    float32: count_mean = Σ w m (m_0 = κ x'Δ/τ), count_var = Σ w (m + m²) − mean² + c mean²,
+    rate_hz = count_mean/Δ (in place), rate_var = (count_var − count_mean)/Δ².
     """
     hp, w2 = rate_hz.shape
     ne = lmix.shape[2]
     c = np.zeros(2)
+    kap = np.ones(2)
     for pol in range(2):
         if odisp[pol, 1] > 0.0:
             c[pol] = max(odisp[pol, 0], 0.0) / odisp[pol, 1]
+        if odisp[pol, 3] > 0.0:
+            kap[pol] = min(max(odisp[pol, 2] / odisp[pol, 3], 0.25), 4.0)
     logit = np.empty(ne)
     for y in range(hp):
         for xi in range(w2):
@@ -455,7 +458,8 @@ def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, zk: n
                 if logit[i] - top < -40.0:  # weight < 5e-18 of the best: negligible
                     continue
                 w = math.exp(logit[i] - top)
-                m = rate_hz[y, xi] * horizon_s if i == 0 else zk[j, d, i - 1] / corr[i - 1]
+                m = kap[pol] * rate_hz[y, xi] * horizon_s if i == 0 else \
+                    zk[j, d, i - 1] / corr[i - 1]
                 wsum += w
                 mean += w * m
                 second += w * (m + m * m)

@@ -413,6 +413,13 @@ def learn_residual(st: State, p: Params) -> None:
                      salt(p, st.counters[C_TICKS], 4))
 
 
+def gain(st: State, pol: int) -> float:
+    """κ: the forecast unit's count calibration Σ n / Σ m_0 of polarity pol, in [1/4, 4]."""
+    if st.odisp[pol, 3] <= 0.0:
+        return 1.0
+    return min(max(float(st.odisp[pol, 2]) / float(st.odisp[pol, 3]), 0.25), 4.0)
+
+
 def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
     """The rate experts at horizon tick tt: score each expert's count forecast on the window
     just ended (Poisson, floor m₀, without ln n!), discount and add to the per-channel and
@@ -421,7 +428,8 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
     m_i = zk_i."""
     ne = p.ns + 1
     g = np.zeros((2, ne))
-    od = np.zeros((2, 2))
+    od = np.zeros((2, 4))
+    kap = [gain(st, pol) for pol in range(2)]
     st.mixage[0] += 1
     corr = [1.0 - (1.0 - float(sc.betak[i])) ** int(st.mixage[0]) for i in range(p.ns)]
     for j in range(st.active.shape[0]):
@@ -444,6 +452,8 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
                 var = max(second / wsum - mean * mean, mean)
                 od[pol, 0] += (n - mean) * (n - mean) - var
                 od[pol, 1] += mean * mean
+                od[pol, 2] += n
+                od[pol, 3] += float(st.mprev[j, d, 0]) / kap[pol]
             for i in range(ne):
                 m = float(st.mprev[j, d, i]) + p.m0
                 ll = -m
@@ -453,8 +463,8 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
                 if learning:
                     st.Lmix[j, d, i] = q(st.Lmix[j, d, i] * p.mix_gamma + ll, p.qs)
             st.ncnt[j, d] = 0.0
-            st.mprev[j, d, 0] = q(st.fprev[j, d] * (p.horizon_us / p.tau_us), p.qs) if act \
-                else 0.0
+            st.mprev[j, d, 0] = q(kap[pol] * st.fprev[j, d] * (p.horizon_us / p.tau_us), p.qs) \
+                if act else 0.0
             for i in range(p.ns):  # EMAs of the window counts, β_i = 1 − exp(−Δ/τ_i)
                 b = float(sc.betak[i])
                 st.zk[j, d, i] = q((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
@@ -466,8 +476,8 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
             for i in range(ne):
                 st.Lglob[pol, i] = q(st.Lglob[pol, i] * p.mix_gamma + g[pol, i] / half, p.qs)
             if od[pol, 1] > 0.0:
-                st.odisp[pol, 0] = q((1.0 - a) * st.odisp[pol, 0] + a * od[pol, 0], p.qs)
-                st.odisp[pol, 1] = q((1.0 - a) * st.odisp[pol, 1] + a * od[pol, 1], p.qs)
+                for k in range(4):
+                    st.odisp[pol, k] = q((1.0 - a) * st.odisp[pol, k] + a * od[pol, k], p.qs)
 
 
 def forecast(st: State, p: Params, j: int) -> None:

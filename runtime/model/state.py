@@ -33,9 +33,10 @@ channel's counts per horizon window (events per window, time constant τ_i); ncn
 events since the last horizon tick;
 mprev (n1, D1, NE) each expert's count forecast for the current horizon window; Lmix
 (n1, D1, NE) each channel's discounted log-evidence of the experts; Lglob (2, NE) the
-sensor-wide one per polarity (mean over channels); odisp (2, 2) per polarity the running
+sensor-wide one per polarity (mean over channels); odisp (2, 4) per polarity the running
 means of (n − m)² − v and m² over active channels (m, v the mixture's forecast mean and
-variance), whose ratio is the overdispersion c added to the published variance (c m²);
+variance), whose ratio is the overdispersion c added to the published variance (c m²), and
+of n and the forecast unit's uncalibrated count forecast, whose ratio is its calibration κ;
 mixage (1,) int64 the number of windows the averaging experts have seen since the stream
 (re)started, K: their forecasts are bias-corrected, zk / (1 − (1 − β_i)^K), so that a
 new stream is forecast from its first window on (as an average started at the first count).
@@ -149,7 +150,8 @@ class Scratch(NamedTuple):
     kids: np.ndarray  # the 4 layer-1 columns under each layer-2 column (−1 off the grid), (n2, 4)
     betak: np.ndarray  # the rate experts' EMA rates β_i = 1 − exp(−Δ/τ_i) per window, (NS,)
     corrk: np.ndarray  # their bias corrections 1 − (1 − β_i)^K at the current window, (NS,)
-    odacc: np.ndarray  # per-polarity [Σ (n − m)² − v, Σ m²] of active channels at a tick, (2, 2)
+    odacc: np.ndarray  # per polarity [Σ (n − m)² − v, Σ m², Σ n, Σ m_0/κ], active channels, (2, 4)
+    kap: np.ndarray  # κ per polarity at the start of the tick, (2,)
     mixg: np.ndarray  # per-polarity sums of the experts' log-likelihoods at a horizon tick, (2, NE)
 
 
@@ -204,7 +206,7 @@ def init_state(spec: ModelSpec) -> State:
         sbase1=np.repeat(np.array([[0.0, 1.0]], f8), n1, axis=0),
         zk=np.zeros((n1, d1, ns), f8), ncnt=np.zeros((n1, d1), f8),
         mprev=np.zeros((n1, d1, ns + 1), f8), Lmix=np.zeros((n1, d1, ns + 1), f8),
-        Lglob=np.zeros((2, ns + 1), f8), odisp=np.zeros((2, 2), f8),
+        Lglob=np.zeros((2, ns + 1), f8), odisp=np.zeros((2, 4), f8),
         mixage=np.zeros(1, np.int64),
     )
     if spec.fixed_point:
@@ -248,7 +250,8 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         betak=np.array([1.0 - math.exp(-spec.horizon_us / float(tk))
                         for tk in spec.mix_taus_us], f8).reshape(ns),
         corrk=np.ones(ns, f8),
-        mixg=np.zeros((2, ns + 1), f8), odacc=np.zeros((2, 2), f8),
+        mixg=np.zeros((2, ns + 1), f8), odacc=np.zeros((2, 4), f8),
+        kap=np.ones(2, f8),
     )
 
 
