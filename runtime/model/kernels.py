@@ -862,7 +862,8 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     (the Poisson log-likelihood without the ln n! that all experts share). With learning
     on, L_ci ← γ L_ci + ℓ_i and the per-polarity sensor-wide L_g ← γ L_g + mean_c ℓ_i
     (γ = exp(−Δ/mix_memory_us)), and the overdispersion statistics of active channels move
-    (rate ``OD_RATE``): odisp[pol] ← running means of Σ (n − m)² − v and Σ m² (m, v the
+    (rate max(``OD_RATE``, 1/updates)): odisp[pol] ← running means of Σ (n − m)² − v and
+    Σ m² (m, v the
     mixture's mean and variance forecast), and so do the count calibration sums of the
     forecast unit, odisp[pol, 2:4] ← running means of Σ n and Σ m_0/κ (its uncalibrated
     forecast). Then each expert i ≥ 1 updates its exponential
@@ -930,9 +931,11 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
             for i in range(ne):
                 st.Lglob[pol, i] = qz(st.Lglob[pol, i] * p.mix_gamma + sc.mixg[pol, i] / half,
                                       p.qs)
-            if sc.odacc[pol, 1] > 0.0:
+            if sc.odacc[pol, 1] > 0.0:  # running means, the first ones plain averages
+                st.odisp[pol, 4] += 1.0
+                r = max(a, 1.0 / st.odisp[pol, 4])
                 for k in range(4):
-                    st.odisp[pol, k] = qz((1.0 - a) * st.odisp[pol, k] + a * sc.odacc[pol, k],
+                    st.odisp[pol, k] = qz((1.0 - r) * st.odisp[pol, k] + r * sc.odacc[pol, k],
                                           p.qs)
 
 

@@ -476,8 +476,10 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
             for i in range(ne):
                 st.Lglob[pol, i] = q(st.Lglob[pol, i] * p.mix_gamma + g[pol, i] / half, p.qs)
             if od[pol, 1] > 0.0:
+                st.odisp[pol, 4] += 1.0
+                r = max(a, 1.0 / st.odisp[pol, 4])
                 for k in range(4):
-                    st.odisp[pol, k] = q((1.0 - a) * st.odisp[pol, k] + a * od[pol, k], p.qs)
+                    st.odisp[pol, k] = q((1.0 - r) * st.odisp[pol, k] + r * od[pol, k], p.qs)
 
 
 def forecast(st: State, p: Params, j: int) -> None:

@@ -33,10 +33,11 @@ channel's counts per horizon window (events per window, time constant τ_i); ncn
 events since the last horizon tick;
 mprev (n1, D1, NE) each expert's count forecast for the current horizon window; Lmix
 (n1, D1, NE) each channel's discounted log-evidence of the experts; Lglob (2, NE) the
-sensor-wide one per polarity (mean over channels); odisp (2, 4) per polarity the running
+sensor-wide one per polarity (mean over channels); odisp (2, 5) per polarity the running
 means of (n − m)² − v and m² over active channels (m, v the mixture's forecast mean and
 variance), whose ratio is the overdispersion c added to the published variance (c m²), and
-of n and the forecast unit's uncalibrated count forecast, whose ratio is its calibration κ;
+of n and the forecast unit's uncalibrated count forecast, whose ratio is its calibration κ,
+and the number of updates (the first ones are plain averages);
 mixage (1,) int64 the number of windows the averaging experts have seen since the stream
 (re)started, K: their forecasts are bias-corrected, zk / (1 − (1 − β_i)^K), so that a
 new stream is forecast from its first window on (as an average started at the first count).
@@ -206,7 +207,7 @@ def init_state(spec: ModelSpec) -> State:
         sbase1=np.repeat(np.array([[0.0, 1.0]], f8), n1, axis=0),
         zk=np.zeros((n1, d1, ns), f8), ncnt=np.zeros((n1, d1), f8),
         mprev=np.zeros((n1, d1, ns + 1), f8), Lmix=np.zeros((n1, d1, ns + 1), f8),
-        Lglob=np.zeros((2, ns + 1), f8), odisp=np.zeros((2, 4), f8),
+        Lglob=np.zeros((2, ns + 1), f8), odisp=np.zeros((2, 5), f8),
         mixage=np.zeros(1, np.int64),
     )
     if spec.fixed_point:
