@@ -176,3 +176,23 @@ def test_column_surprise_zscores_localise_a_novel_stimulus() -> None:
     assert z[2, 2] > 5.0, z
     assert np.median(np.abs(others)) < 2.0, z
     assert np.median(np.abs(quiet)) < 2.0, quiet  # before the flash nothing stands out
+
+
+def test_forecast_decays_when_the_whole_sensor_falls_silent() -> None:
+    """After 1 s of noise and 2 s with no event at all (no active column after ~80 ms: the
+    clock jumps), the rate experts have still seen the silent windows end: the slowest
+    average (τ = 1 s) has decayed by about e⁻² (not only over the ~80 ms that columns stayed
+    active), and the published count forecast is below 5 % of what it was."""
+    from augury.events import EventBatch
+
+    spec = ModelSpec(width=64, height=48, pool=4)
+    net = Network(spec)
+    ev = noise(64, 48, 1_000_000, 20.0, seed=7)
+    for b in windows(ev, 0, 1_000_000, spec.horizon_us):
+        before = net.step(b).count_mean.sum()
+    slow_before = net.state.zk[:, :, -1].sum()
+    after = net.step(EventBatch(ev[:0], 1_000_000, 3_000_000, 10_000)).count_mean.sum()
+    slow_after = net.state.zk[:, :, -1].sum()
+    assert net.state.active.sum() == 0 and before > 10.0
+    assert 0.10 < slow_after / slow_before < 0.16, (slow_before, slow_after)  # e⁻² = 0.135
+    assert after < 0.05 * before, (before, after)

@@ -126,6 +126,7 @@ class Params(NamedTuple):
     mix_share: float
     m0: float  # count floor of the experts' Poisson log-likelihoods (scoring.FLOOR_COUNT)
     od_rate: float  # rate of the overdispersion statistics per horizon tick
+    mix_kmax: int  # silent windows the rate experts still process in one silence
 
 
 def make_params(spec: ModelSpec) -> Params:
@@ -145,6 +146,7 @@ def make_params(spec: ModelSpec) -> Params:
         fc_hier=spec.forecast_hier, fc_lat=spec.forecast_lateral, ns=len(spec.mix_taus_us),
         mix_gamma=math.exp(-spec.horizon_us / spec.mix_memory_us), mix_share=spec.mix_share,
         m0=MIX_FLOOR, od_rate=OD_RATE,
+        mix_kmax=-(-4 * max(spec.mix_taus_us, default=0) // spec.horizon_us),
     )
 
 
@@ -1067,6 +1069,7 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                     st.zprev[j, d] = st.z1[j, d]
                 _forecast(st, sc, p, j)
         _mix(st, sc, p, tt, learn)
+        st.mixage[1] = 0
         f = _surprise(st, p)
         m = st.baseline[0]
         dv = f - m
@@ -1087,10 +1090,25 @@ def _advance(st: State, sc: Scratch, p: Params, t: int, learn: bool) -> None:
     """Run every tick T ≤ t not yet run; with no active column all of them are no-ops."""
     while st.clock[K_NEXT] <= t:
         if st.clock[K_NACTIVE] == 0:
+            _silent_windows(st, sc, p, st.clock[K_NEXT], t, learn)
             st.clock[K_NEXT] = (t // p.tick_us + 1) * p.tick_us
             break
         _tick(st, sc, p, st.clock[K_NEXT], learn)
         st.clock[K_NEXT] += p.tick_us
+
+
+@_kernel
+def _silent_windows(st: State, sc: Scratch, p: Params, t0: int, t: int, learn: bool) -> None:
+    """Horizon ticks in [t0, t] while no column is active: the rate experts still see their
+    windows end with no event (their averages decay, experts expecting events lose
+    evidence), for up to ``mix_kmax`` windows of one silence (then every average has
+    decayed by e⁻⁴ or more and the forecast is ~0: the clock jumps as before)."""
+    h = p.horizon_us
+    tt = -(-t0 // h) * h
+    while tt <= t and st.mixage[1] < p.mix_kmax:
+        _mix(st, sc, p, tt, learn)
+        st.mixage[1] += 1
+        tt += h
 
 
 @_kernel

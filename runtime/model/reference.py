@@ -572,6 +572,7 @@ def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
             st.zprev[j] = st.z1[j]
             forecast(st, p, j)
         mix(st, sc, p, tt, learning)
+        st.mixage[1] = 0
         f = surprise(st, p)
         m = st.baseline[0]
         st.baseline[0] = m + p.beta * (f - m)
@@ -592,6 +593,12 @@ def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
 def advance(st: State, sc: Scratch, p: Params, t: int, learning: bool) -> None:
     while st.clock[K_NEXT] <= t:
         if st.clock[K_NACTIVE] == 0:
+            # the rate experts still see silent windows end (up to mix_kmax in a row)
+            tt = -(-int(st.clock[K_NEXT]) // p.horizon_us) * p.horizon_us
+            while tt <= t and st.mixage[1] < p.mix_kmax:
+                mix(st, sc, p, tt, learning)
+                st.mixage[1] += 1
+                tt += p.horizon_us
             st.clock[K_NEXT] = (t // p.tick_us + 1) * p.tick_us
             break
         tick(st, sc, p, int(st.clock[K_NEXT]), learning)

@@ -38,9 +38,11 @@ means of (n − m)² − v and m² over active channels (m, v the mixture's fore
 variance), whose ratio is the overdispersion c added to the published variance (c m²), and
 of n and the forecast unit's uncalibrated count forecast, whose ratio is its calibration κ,
 and the number of updates (the first ones are plain averages);
-mixage (1,) int64 the number of windows the averaging experts have seen since the stream
-(re)started, K: their forecasts are bias-corrected, zk / (1 − (1 − β_i)^K), so that a
-new stream is forecast from its first window on (as an average started at the first count).
+mixage (2,) int64: K, the number of windows the averaging experts have seen since the stream
+(re)started, and the number of windows in a row they have seen with no active column (at
+most ``mix_kmax`` are processed in one silence); their forecasts are bias-corrected,
+zk / (1 − (1 − β_i)^K), so that a new stream is forecast from its first window on (as an
+average started at the first count).
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ def init_state(spec: ModelSpec) -> State:
         zk=np.zeros((n1, d1, ns), f8), ncnt=np.zeros((n1, d1), f8),
         mprev=np.zeros((n1, d1, ns + 1), f8), Lmix=np.zeros((n1, d1, ns + 1), f8),
         Lglob=np.zeros((2, ns + 1), f8), odisp=np.zeros((2, 5), f8),
-        mixage=np.zeros(1, np.int64),
+        mixage=np.zeros(2, np.int64),
     )
     if spec.fixed_point:
         s = spec.q_scale
