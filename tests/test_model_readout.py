@@ -178,7 +178,7 @@ def test_returned_arrays_are_fresh() -> None:
 
 
 @pytest.mark.parametrize("field", ["pi1", "W1", "gh", "rho", "R", "A", "mu1", "mu2",
-                                   "W2", "pi2", "pred2", "xhat1", "z1", "zk", "Lmix"])
+                                   "W2", "pi2", "pred2", "xhat1", "z1", "Lmix"])
 def test_non_finite_state_reaches_readout(field: str) -> None:
     """A NaN in any array the read-out reads (on an active column) makes it non-finite,
     as with the twin: the daemon rolls back on that."""
@@ -191,7 +191,7 @@ def test_non_finite_state_reaches_readout(field: str) -> None:
     j = int(np.flatnonzero(st.active)[0])
     big = int(np.flatnonzero(st.nact2)[0])
     arr = getattr(st, field)
-    index = {"z1": j, "xhat1": j, "pi1": j, "gh": j, "rho": j, "zk": j, "Lmix": j, "mu1": j,
+    index = {"z1": j, "xhat1": j, "pi1": j, "gh": j, "rho": j, "mprev": j, "Lmix": j, "mu1": j,
              "mu2": big, "pi2": big, "pred2": big}.get(field, 0)
     arr[index].flat[0] = np.nan
     assert not readout_is_finite(compute_readout_numpy(spec, st, net.t_us))

@@ -51,6 +51,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from augury.model.linsolve import solve_into
 from augury.model.spec import ModelSpec
 from augury.model.state import (
     C_DOWN,
@@ -61,6 +62,7 @@ from augury.model.state import (
     K_NACTIVE,
     K_NEXT,
     K_TNOW,
+    NF,
     Scratch,
     State,
 )
@@ -68,6 +70,13 @@ from augury.model.state import (
 MIX_FLOOR = 0.01
 """Count floor m₀ (events per channel and window) of the rate experts' log-likelihoods: the
 same as ``scoring.FLOOR_COUNT``, with which predictions are scored."""
+
+SH_FORGET = 0.999
+"""Per-window forgetting of the shared linear forecaster's information (memory ≈ 10 s)."""
+SH_RIDGE = 1e-6
+"""Ridge added to its information matrix in the solve (numerical safety only)."""
+
+_solve = njit(_nrt=False, cache=True, nogil=True)(solve_into)
 
 OD_RATE = 0.05
 """Per-horizon-tick rate of the overdispersion statistics ``odisp`` (≈ 20 horizons of memory:
@@ -127,6 +136,8 @@ class Params(NamedTuple):
     m0: float  # count floor of the experts' Poisson log-likelihoods (scoring.FLOOR_COUNT)
     od_rate: float  # rate of the overdispersion statistics per horizon tick
     mix_kmax: int  # silent windows the rate experts still process in one silence
+    msh: bool  # the shared linear forecaster is an expert
+    sh_forget: float  # its per-window forgetting factor (recursive least squares)
 
 
 def make_params(spec: ModelSpec) -> Params:
@@ -147,6 +158,7 @@ def make_params(spec: ModelSpec) -> Params:
         mix_gamma=math.exp(-spec.horizon_us / spec.mix_memory_us), mix_share=spec.mix_share,
         m0=MIX_FLOOR, od_rate=OD_RATE,
         mix_kmax=-(-4 * max(spec.mix_taus_us, default=0) // spec.horizon_us),
+        msh=spec.mix_shared, sh_forget=SH_FORGET,
     )
 
 
@@ -755,6 +767,8 @@ def _learn_residual(st: State, sc: Scratch, p: Params) -> None:
     sc.IR[:, :] = 0.0
     emap = sc.emap
     _to_map(emap, p, st.zprev, sc.zero1)
+    if p.msh:
+        _learn_shared(st, sc, p)
     c = p.column
     for j in range(st.active.shape[0]):
         if st.active[j] == 0:
@@ -794,6 +808,71 @@ def _learn_residual(st: State, sc: Scratch, p: Params) -> None:
     if p.fc_lat:
         _bayes_update(st.R, st.SR, sc.GR, sc.IR, 0, p.q, 0.0, 1.0, p.qs,
                       _salt(p, st.counters[C_TICKS], 4))
+
+
+@_inline
+def _features(st: State, sc: Scratch, p: Params, z: np.ndarray, h: np.ndarray, j: int,
+              d: int) -> None:
+    """sc.xs ← the shared forecaster's features of channel (j, d): its trace, its 8
+    neighbours' traces (``sc.emap``, filled from the same traces z), the hierarchy's forecast
+    h, all × Δ/τ (counts per window), and 1."""
+    s = p.horizon_us / p.tau_us
+    c = p.column
+    r = (d // 2) // c
+    cc = (d // 2) % c
+    pol = d % 2
+    py = (j // p.ncx) * c + 1 + r
+    px = (j % p.ncx) * c + 1 + cc
+    sc.xs[0] = s * z[j, d]
+    o = 1
+    for oo in range(9):
+        if oo != 4:
+            sc.xs[o] = s * sc.emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
+            o += 1
+    sc.xs[9] = s * h[j, d]
+    sc.xs[10] = 1.0
+
+
+@_kernel
+def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
+    """The shared linear forecaster learns (at a horizon tick, ``sc.emap`` holding the traces
+    of the previous tick): per polarity, its weights w predict a channel's count n in the
+    window just ended from the features x of the tick before (``_features`` on zprev,
+    hprev); Bayesian linear regression with forgetting λ (a Kalman filter of drifting
+    weights): Λ ← λ Λ + Σ x xᵀ, b ← λ b + Σ x n, w = Λ⁻¹ b, over every channel — those of
+    silent columns have features (0, …, 0, 1) and n = 0, and are added in closed form.
+    """
+    sc.sxx[:, :, :] = 0.0
+    sc.sxy[:, :] = 0.0
+    quiet = 0.0
+    for j in range(st.active.shape[0]):
+        if st.active[j] == 0:
+            quiet += p.d1 // 2
+            continue
+        for d in range(p.d1):
+            pol = d % 2
+            _features(st, sc, p, st.zprev, st.hprev, j, d)
+            y = st.ncnt[j, d]
+            for a in range(NF):  # upper triangle of x xᵀ (mirrored below), zeros skipped
+                xa = sc.xs[a]
+                if xa == 0.0:
+                    continue
+                sc.sxy[pol, a] += xa * y
+                for b in range(a, NF):
+                    sc.sxx[pol, a, b] += xa * sc.xs[b]
+    for pol in range(2):
+        sc.sxx[pol, NF - 1, NF - 1] += quiet
+        for a in range(NF):
+            for b in range(a + 1, NF):
+                sc.sxx[pol, b, a] = sc.sxx[pol, a, b]
+        for a in range(NF):
+            st.Bsh[pol, a] = qz(p.sh_forget * st.Bsh[pol, a] + sc.sxy[pol, a], p.qs)
+            for b in range(NF):
+                st.Lsh[pol, a, b] = qz(p.sh_forget * st.Lsh[pol, a, b] + sc.sxx[pol, a, b],
+                                       p.qs)
+        _solve(st.Lsh[pol], st.Bsh[pol], SH_RIDGE, sc.work, sc.xs)
+        for a in range(NF):
+            st.Wsh[pol, a] = qz(sc.xs[a], p.qs)
 
 
 @_kernel
@@ -876,7 +955,7 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     bias-corrected average, m_i = zk_ci / (1 − (1 − β_i)^K), K the windows seen since the
     stream (re)started (``mixage``).
     """
-    ne = p.ns + 1
+    ne = st.Lmix.shape[2]
     for pol in range(2):
         for i in range(ne):
             sc.mixg[pol, i] = 0.0
@@ -926,6 +1005,15 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                 zz = qz((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
                 st.zk[j, d, i] = zz
                 st.mprev[j, d, i + 1] = qz(zz / sc.corrk[i], p.qs)
+            if p.msh:  # the shared linear forecaster (features of this tick; silent: bias)
+                if act:
+                    _features(st, sc, p, st.z1, st.hprev, j, d)
+                    acc = 0.0
+                    for a in range(NF):
+                        acc += st.Wsh[pol, a] * sc.xs[a]
+                else:
+                    acc = st.Wsh[pol, NF - 1]
+                st.mprev[j, d, ne - 1] = qz(max(acc, 0.0), p.qs)
     if learn:
         half = st.active.shape[0] * p.d1 // 2
         a = p.od_rate

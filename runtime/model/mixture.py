@@ -1,7 +1,7 @@
 """The published count forecast: a Bayesian mixture of rate experts per channel.
 
-Each pooled channel c (cell × polarity) has NE = 1 + NS experts forecasting its event count
-in the next horizon window Δ:
+Each pooled channel c (cell × polarity) has NE = 1 + NS (+ 1) experts forecasting its event
+count in the next horizon window Δ:
 
 * expert 0, the forecast unit: m_0 = κ x'_c Δ/τ (its own and neighbours' traces and the
   hierarchy's forecast, docs/model.md §1), κ a sensor-wide calibration per polarity
@@ -10,7 +10,13 @@ in the next horizon window Δ:
 * expert i ≥ 1, an exponential moving average of the channel's counts per window with time
   constant τ_i (``ModelSpec.mix_taus_us``), updated at every horizon tick
   (zk ← (1 − β_i) zk + β_i n, β_i = 1 − exp(−Δ/τ_i)) and bias-corrected for its start at 0,
-  m_i = zk_ci / (1 − (1 − β_i)^K): the channel's recent rate over τ_i.
+  m_i = zk_ci / (1 − (1 − β_i)^K): the channel's recent rate over τ_i;
+* the last expert (``ModelSpec.mix_shared``), the shared linear forecaster:
+  m = max(0, w_p · x_c), x_c = (own trace, the 8 neighbours' traces, the hierarchy's forecast
+  h_c) × Δ/τ and 1, with one weight vector w_p per polarity shared by every channel and
+  learned by Bayesian linear regression with forgetting on the counts themselves (kernels
+  ``_learn_shared``): the forecast unit's inputs with a joint (not diagonal) posterior over
+  its weights, fitted to the count it is scored on.
 
 Their weights are the posterior probabilities of "expert i is the channel's best model",
 from each expert's discounted Poisson log-evidence L_ci (the channel's own) plus
@@ -41,21 +47,12 @@ def expert_counts(spec: ModelSpec, st: State, x_fore: np.ndarray) -> np.ndarray:
     """Every expert's count forecast for the next window, (n1, D1, NE) events.
 
     x_fore: the forecast units' trace forecast x' at the read-out time, (n1, D1) events (0
-    where silent). The averaging experts' forecasts are their averages as of the last
-    horizon tick (they change only there).
+    where silent). The other experts' forecasts are those made at the last horizon tick
+    (``State.mprev``: they change only there).
     """
     kap = calibration(st)[np.arange(spec.d1) % 2]
     fast = np.asarray(x_fore, np.float64) * (spec.horizon_us / spec.tau_us) * kap[None, :]
-    return np.concatenate([fast[:, :, None], st.zk / bias_correction(spec, st)[None, None, :]],
-                          axis=2)
-
-
-def bias_correction(spec: ModelSpec, st: State) -> np.ndarray:
-    """1 − (1 − β_i)^K per averaging expert, (NS,): an average started at 0 K windows ago
-    (``State.mixage``) divided by it is unbiased for a steady rate; 1 before any window."""
-    k = int(st.mixage[0])
-    beta = np.array([1.0 - np.exp(-spec.horizon_us / t) for t in spec.mix_taus_us], np.float64)
-    return np.ones_like(beta) if k == 0 else 1.0 - (1.0 - beta) ** k
+    return np.concatenate([fast[:, :, None], st.mprev[:, :, 1:]], axis=2)
 
 
 def expert_weights(spec: ModelSpec, st: State) -> np.ndarray:

@@ -20,7 +20,7 @@ from augury import event_kernels as ek
 from augury.events import EVENT_DTYPE, EventBatch, EventFormatError
 from augury.model import kernels, reference
 from augury.model import readout_kernels as rk
-from augury.model.mixture import bias_correction, count_forecast
+from augury.model.mixture import count_forecast
 from augury.model.spec import ModelSpec
 from augury.model.state import (
     C_DOWN,
@@ -375,8 +375,7 @@ def compute_readout(spec: ModelSpec, st: State, t_us: int) -> Readout:
         sigma.append(sigma2.reshape(r2, c2, spec.k2))
     count_mean = np.empty_like(rate_hz)
     count_var = np.empty_like(rate_hz)
-    rk.mixture_maps(rate_hz, st.Lmix, st.Lglob, st.zk, bias_correction(spec, st), st.odisp,
-                    float(spec.mix_share),
+    rk.mixture_maps(rate_hz, st.Lmix, st.Lglob, st.mprev, st.odisp, float(spec.mix_share),
                     spec.column, c1, spec.horizon_us * 1e-6, rate_var, count_mean, count_var)
     counts = {name: a.reshape(hp, wp, 2) for name, a in (
         ("rate_hz", rate_hz), ("rate_var", rate_var), ("count_mean", count_mean),

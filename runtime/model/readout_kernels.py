@@ -417,15 +417,15 @@ def readout_arrays(z1: np.ndarray, tcol: np.ndarray, active: np.ndarray, xhat1: 
 
 
 @_kernel
-def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, zk: np.ndarray,
-                 corr: np.ndarray, odisp: np.ndarray, mix_share: float, column: int, cols1: int,
+def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, mprev: np.ndarray,
+                 odisp: np.ndarray, mix_share: float, column: int, cols1: int,
                  horizon_s: float, rate_var: np.ndarray, count_mean: np.ndarray,
                  count_var: np.ndarray) -> None:
     """The published count forecast: the per-channel mixture of rate experts.
 
     In: rate_hz (Hp, 2·Wp) the forecast units' rate x'/τ (events/s); lmix (n1, D1, NE) and
-    lglob (2, NE) the experts' log-evidence, zk (n1, D1, NE − 1) the averaging experts'
-    counts and corr (NE − 1,) their bias corrections, odisp (2, 4) the overdispersion and
+    lglob (2, NE) the experts' log-evidence, mprev (n1, D1, NE) the experts' forecasts made
+    at the last horizon tick (experts ≥ 1 are read from it), odisp (2, 5) the overdispersion and
     calibration statistics (``augury.model.mixture``, its NumPy twin). Writes (Hp, 2·Wp)
     float32: count_mean = Σ w m (m_0 = κ x'Δ/τ), count_var = Σ w (m + m²) − mean² + c mean²,
     rate_hz = count_mean/Δ (in place), rate_var = (count_var − count_mean)/Δ².
@@ -455,11 +455,10 @@ def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, zk: n
             mean = 0.0
             second = 0.0
             for i in range(ne):
-                if logit[i] - top < -40.0:  # weight < 5e-18 of the best: negligible
-                    continue
+                m = kap[pol] * rate_hz[y, xi] * horizon_s if i == 0 else mprev[j, d, i]
+                if logit[i] - top < -40.0 and math.isfinite(m):
+                    continue  # weight < 5e-18 of the best: negligible (a NaN still shows)
                 w = math.exp(logit[i] - top)
-                m = kap[pol] * rate_hz[y, xi] * horizon_s if i == 0 else \
-                    zk[j, d, i - 1] / corr[i - 1]
                 wsum += w
                 mean += w * m
                 second += w * (m + m * m)

@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from augury.model.kernels import Params
+from augury.model.kernels import SH_RIDGE, Params
+from augury.model.linsolve import solve_into
 from augury.model.state import (
     C_DOWN,
     C_EVENTS,
@@ -22,6 +23,7 @@ from augury.model.state import (
     K_NACTIVE,
     K_NEXT,
     K_TNOW,
+    NF,
     Scratch,
     State,
 )
@@ -378,9 +380,58 @@ def nbr(p: Params, j: int, d: int, o: int) -> tuple[int, int]:
     return (py // c) * p.ncx + px // c, ((py % c) * c + px % c) * 2 + d % 2
 
 
+def features(st: State, p: Params, z: np.ndarray, h: np.ndarray, j: int, d: int) -> np.ndarray:
+    """The shared forecaster's features of channel (j, d): [z_c, z of the 8 neighbours, h_c]
+    × Δ/τ and 1, (NF,)."""
+    s = p.horizon_us / p.tau_us
+    x = np.zeros(NF)
+    x[0] = s * z[j, d]
+    for o in range(8):
+        j2, d2 = nbr(p, j, d, o)
+        x[1 + o] = s * z[j2, d2] if j2 >= 0 else 0.0
+    x[9] = s * h[j, d]
+    x[10] = 1.0
+    return x
+
+
+def learn_shared(st: State, p: Params) -> None:
+    """Bayesian linear regression with forgetting of the shared forecaster's weights on
+    (features of the previous tick, this window's count), every channel (silent columns:
+    features (0, …, 0, 1), count 0)."""
+    sxx = np.zeros((2, NF, NF))
+    sxy = np.zeros((2, NF))
+    quiet = 0.0
+    for j in range(st.active.shape[0]):
+        if not st.active[j]:
+            quiet += p.d1 // 2
+            continue
+        for d in range(p.d1):
+            x = features(st, p, st.zprev, st.hprev, j, d)
+            y = float(st.ncnt[j, d])
+            for a in range(NF):  # upper triangle, mirrored below
+                if x[a] == 0.0:
+                    continue
+                sxy[d % 2, a] += x[a] * y
+                for b in range(a, NF):
+                    sxx[d % 2, a, b] += x[a] * x[b]
+    work = np.zeros((NF, NF + 1))
+    out = np.zeros(NF)
+    for pol in range(2):
+        sxx[pol, NF - 1, NF - 1] += quiet
+        for a in range(NF):
+            for b in range(a + 1, NF):
+                sxx[pol, b, a] = sxx[pol, a, b]
+        st.Bsh[pol] = q(p.sh_forget * st.Bsh[pol] + sxy[pol], p.qs)
+        st.Lsh[pol] = q(p.sh_forget * st.Lsh[pol] + sxx[pol], p.qs)
+        solve_into(st.Lsh[pol], st.Bsh[pol], SH_RIDGE, work, out)
+        st.Wsh[pol] = q(out, p.qs)
+
+
 def learn_residual(st: State, p: Params) -> None:
     """z_c(T) ≈ g_c h_c(T − Δ) + ρ_c z_c(T − Δ) + Σ_o R_o z_{c+o}(T − Δ), Bayesian synapse
     (majorized information) on the forecast error z_c(T) − x'_c (``fprev``)."""
+    if p.msh:
+        learn_shared(st, p)
     G = np.zeros((2, 8))
     info = np.zeros((2, 8))
     for j in np.flatnonzero(st.active):
@@ -426,7 +477,7 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
     sensor-wide log-evidence (learning only), update the experts' EMAs of the counts, reset
     the counts, forecast the next window: m_0 = x' Δ/τ (forecast unit, 0 if silent),
     m_i = zk_i."""
-    ne = p.ns + 1
+    ne = st.Lmix.shape[2]
     g = np.zeros((2, ne))
     od = np.zeros((2, 4))
     kap = [gain(st, pol) for pol in range(2)]
@@ -469,6 +520,15 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
                 b = float(sc.betak[i])
                 st.zk[j, d, i] = q((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
                 st.mprev[j, d, i + 1] = q(st.zk[j, d, i] / corr[i], p.qs)
+            if p.msh:  # the shared linear forecaster; silent columns: its bias
+                if act:
+                    x = features(st, p, st.z1, st.hprev, j, d)
+                    acc = 0.0
+                    for a in range(NF):
+                        acc += float(st.Wsh[d % 2, a]) * x[a]
+                else:
+                    acc = float(st.Wsh[d % 2, NF - 1])
+                st.mprev[j, d, ne - 1] = q(max(acc, 0.0), p.qs)
     if learning:
         half = st.active.shape[0] * p.d1 // 2
         a = p.od_rate

@@ -73,6 +73,7 @@ class ModelSpec:
     mix_taus_us: tuple[int, ...] = (10_000, 50_000, 200_000, 1_000_000)  # rate experts' τ_i
     mix_memory_us: int = 2_000_000  # time constant of the experts' discounted log-evidence
     mix_share: float = 1.0  # weight of the sensor-wide evidence in each channel's mixture
+    mix_shared: bool = True  # the shared linear forecaster is one of the rate experts
 
     def __post_init__(self) -> None:
         if isinstance(self.mix_taus_us, list):
@@ -123,7 +124,7 @@ class ModelSpec:
         if self.w_init > self.w_max:
             raise ValueError(f"ModelSpec.w_init={self.w_init} exceeds w_max={self.w_max}")
         for name in ("fixed_point", "per_column_weights", "stochastic_rounding",
-                     "forecast_hier", "forecast_lateral"):
+                     "forecast_hier", "forecast_lateral", "mix_shared"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelSpec.{name} must be a bool, got "
                                  f"{getattr(self, name)!r}")

@@ -42,7 +42,10 @@ mixage (2,) int64: K, the number of windows the averaging experts have seen sinc
 (re)started, and the number of windows in a row they have seen with no active column (at
 most ``mix_kmax`` are processed in one silence); their forecasts are bias-corrected,
 zk / (1 − (1 − β_i)^K), so that a new stream is forecast from its first window on (as an
-average started at the first count).
+average started at the first count). Shared linear forecaster (the last expert when
+``mix_shared``): Wsh (2, NF) its weights per polarity, Lsh (2, NF, NF) their information
+matrix and Bsh (2, NF) the information vector (Λ w = b, recursive least squares with
+forgetting: a Kalman filter of weights that drift).
 """
 
 from __future__ import annotations
@@ -116,6 +119,9 @@ class State(NamedTuple):
     Lglob: np.ndarray
     odisp: np.ndarray
     mixage: np.ndarray
+    Wsh: np.ndarray
+    Lsh: np.ndarray
+    Bsh: np.ndarray
 
 
 class Scratch(NamedTuple):
@@ -155,12 +161,29 @@ class Scratch(NamedTuple):
     corrk: np.ndarray  # their bias corrections 1 − (1 − β_i)^K at the current window, (NS,)
     odacc: np.ndarray  # per polarity [Σ (n − m)² − v, Σ m², Σ n, Σ m_0/κ], active channels, (2, 4)
     kap: np.ndarray  # κ per polarity at the start of the tick, (2,)
+    sxx: np.ndarray  # the shared forecaster's Σ x xᵀ per polarity at a horizon tick, (2, NF, NF)
+    sxy: np.ndarray  # and Σ x n, (2, NF)
+    xs: np.ndarray  # one channel's features, (NF,)
+    work: np.ndarray  # the linear solve's scratch, (NF, NF + 1)
     mixg: np.ndarray  # per-polarity sums of the experts' log-likelihoods at a horizon tick, (2, NE)
+
+
+NF = 11
+"""Features of the shared linear forecaster: own trace, 8 neighbours' traces, the hierarchy's
+forecast (all × Δ/τ, in counts per window) and a bias 1."""
+
+SH_PRIOR = 0.01
+"""Initial information (precision) of each of its weights: a weak zero-mean prior."""
+
+
+def n_experts(spec: ModelSpec) -> int:
+    """NE: the forecast unit, one averaging expert per τ_i, and the shared forecaster."""
+    return 1 + len(spec.mix_taus_us) + (1 if spec.mix_shared else 0)
 
 
 LEARNED = ("W1", "S1", "W2", "S2", "A", "SA", "v1", "pi1", "v2", "pi2", "vA", "gh", "sgh",
            "rho", "srho", "R", "SR", "vF", "gain1", "Lmix", "Lglob",
-           "odisp")
+           "odisp", "Wsh", "Lsh", "Bsh")
 """Arrays changed only by learning (frozen by ``Network.freeze_learning``)."""
 
 
@@ -181,6 +204,7 @@ def init_state(spec: ModelSpec) -> State:
     f8 = np.float64
     pi0 = min(max(1.0 / (1.0 + spec.v0), spec.pi_min), spec.pi_max)
     ns = len(spec.mix_taus_us)
+    ne = n_experts(spec)
     w1 = rng.uniform(0.0, spec.w_init, size=(nw1, d1, k1))
     w2 = rng.uniform(0.0, spec.w_init, size=(nw2, d2, k2))
     st = State(
@@ -208,9 +232,11 @@ def init_state(spec: ModelSpec) -> State:
         baseline=np.array([0.0, 1.0], f8),
         sbase1=np.repeat(np.array([[0.0, 1.0]], f8), n1, axis=0),
         zk=np.zeros((n1, d1, ns), f8), ncnt=np.zeros((n1, d1), f8),
-        mprev=np.zeros((n1, d1, ns + 1), f8), Lmix=np.zeros((n1, d1, ns + 1), f8),
-        Lglob=np.zeros((2, ns + 1), f8), odisp=np.zeros((2, 5), f8),
+        mprev=np.zeros((n1, d1, ne), f8), Lmix=np.zeros((n1, d1, ne), f8),
+        Lglob=np.zeros((2, ne), f8), odisp=np.zeros((2, 5), f8),
         mixage=np.zeros(2, np.int64),
+        Wsh=np.zeros((2, NF), f8), Lsh=np.repeat((SH_PRIOR * np.eye(NF))[None], 2, axis=0),
+        Bsh=np.zeros((2, NF), f8),
     )
     if spec.fixed_point:
         s = spec.q_scale
@@ -253,7 +279,9 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         betak=np.array([1.0 - math.exp(-spec.horizon_us / float(tk))
                         for tk in spec.mix_taus_us], f8).reshape(ns),
         corrk=np.ones(ns, f8),
-        mixg=np.zeros((2, ns + 1), f8), odacc=np.zeros((2, 4), f8),
+        mixg=np.zeros((2, n_experts(spec)), f8), odacc=np.zeros((2, 4), f8),
+        sxx=np.zeros((2, NF, NF), f8), sxy=np.zeros((2, NF), f8), xs=np.zeros(NF, f8),
+        work=np.zeros((NF, NF + 1), f8),
         kap=np.ones(2, f8),
     )
 
