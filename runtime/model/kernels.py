@@ -971,7 +971,12 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
         for d in range(p.d1):
             n = st.ncnt[j, d]
             pol = d % 2
-            if act and learn:  # the mixture's forecast for the window just ended
+            if act and learn:
+                sc.odacc[pol, 2] += n
+                sc.odacc[pol, 3] += st.mprev[j, d, 0] / sc.kap[pol]
+            if act and learn and ((j + d + st.mixage[0]) & 3) == 0:
+                # the mixture's forecast for the window just ended, on a rotating quarter
+                # of the channels (a sample is enough for the dispersion's two means)
                 top = -math.inf
                 for i in range(ne):
                     top = max(top, st.Lmix[j, d, i] + p.mix_share * st.Lglob[pol, i])
@@ -988,15 +993,13 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                 var = max(second / wsum - mean * mean, mean)
                 sc.odacc[pol, 0] += (n - mean) * (n - mean) - var
                 sc.odacc[pol, 1] += mean * mean
-                sc.odacc[pol, 2] += n
-                sc.odacc[pol, 3] += st.mprev[j, d, 0] / sc.kap[pol]
-            for i in range(ne):
-                m = st.mprev[j, d, i] + p.m0
-                ll = -m
-                if n > 0.0:
-                    ll += n * math.log(m)
-                sc.mixg[pol, i] += ll
-                if learn:
+            if learn:  # evidence (not needed when frozen: L and L_g stay)
+                for i in range(ne):
+                    m = st.mprev[j, d, i] + p.m0
+                    ll = -m
+                    if n > 0.0:
+                        ll += n * math.log(m)
+                    sc.mixg[pol, i] += ll
                     st.Lmix[j, d, i] = qz(st.Lmix[j, d, i] * p.mix_gamma + ll, p.qs)
             st.ncnt[j, d] = 0.0
             st.mprev[j, d, 0] = qz(sc.kap[pol] * st.fprev[j, d] * scale0, p.qs) if act else 0.0
@@ -1021,7 +1024,7 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
             for i in range(ne):
                 st.Lglob[pol, i] = qz(st.Lglob[pol, i] * p.mix_gamma + sc.mixg[pol, i] / half,
                                       p.qs)
-            if sc.odacc[pol, 1] > 0.0:  # running means, the first ones plain averages
+            if sc.odacc[pol, 3] > 0.0:  # running means, the first ones plain averages
                 st.odisp[pol, 4] += 1.0
                 r = max(a, 1.0 / st.odisp[pol, 4])
                 for k in range(4):

@@ -440,12 +440,24 @@ def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, mprev
         if odisp[pol, 3] > 0.0:
             kap[pol] = min(max(odisp[pol, 2] / odisp[pol, 3], 0.25), 4.0)
     logit = np.empty(ne)
+    ms = np.empty(ne)
     for y in range(hp):
         for xi in range(w2):
             x = xi // 2
             pol = xi % 2
             j = (y // column) * cols1 + x // column
             d = ((y % column) * column + x % column) * 2 + pol
+            mmax = 0.0
+            for i in range(ne):
+                m = kap[pol] * rate_hz[y, xi] * horizon_s if i == 0 else mprev[j, d, i]
+                ms[i] = m
+                mmax = max(mmax, m) if m == m else np.inf  # a NaN must show
+            if mmax <= 1e-12:  # every expert expects nothing: so does the mixture
+                count_mean[y, xi] = 0.0
+                count_var[y, xi] = 0.0
+                rate_hz[y, xi] = 0.0
+                rate_var[y, xi] = 0.0
+                continue
             top = -np.inf
             for i in range(ne):
                 v = lmix[j, d, i] + mix_share * lglob[pol, i]
@@ -455,7 +467,7 @@ def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, mprev
             mean = 0.0
             second = 0.0
             for i in range(ne):
-                m = kap[pol] * rate_hz[y, xi] * horizon_s if i == 0 else mprev[j, d, i]
+                m = ms[i]
                 if logit[i] - top < -40.0 and math.isfinite(m):
                     continue  # weight < 5e-18 of the best: negligible (a NaN still shows)
                 w = math.exp(logit[i] - top)

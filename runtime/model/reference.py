@@ -488,7 +488,11 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
         for d in range(p.d1):
             n = float(st.ncnt[j, d])
             pol = d % 2
-            if act and learning:  # the mixture's forecast for the window just ended
+            if act and learning:
+                od[pol, 2] += n
+                od[pol, 3] += float(st.mprev[j, d, 0]) / kap[pol]
+            if act and learning and (j + d + int(st.mixage[0])) % 4 == 0:
+                # the mixture's forecast for the window just ended (a rotating quarter)
                 logit = [float(st.Lmix[j, d, i]) + p.mix_share * float(st.Lglob[pol, i])
                          for i in range(ne)]
                 top = max(logit)
@@ -503,15 +507,13 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
                 var = max(second / wsum - mean * mean, mean)
                 od[pol, 0] += (n - mean) * (n - mean) - var
                 od[pol, 1] += mean * mean
-                od[pol, 2] += n
-                od[pol, 3] += float(st.mprev[j, d, 0]) / kap[pol]
-            for i in range(ne):
-                m = float(st.mprev[j, d, i]) + p.m0
-                ll = -m
-                if n > 0.0:
-                    ll += n * math.log(m)
-                g[d % 2, i] += ll
-                if learning:
+            if learning:
+                for i in range(ne):
+                    m = float(st.mprev[j, d, i]) + p.m0
+                    ll = -m
+                    if n > 0.0:
+                        ll += n * math.log(m)
+                    g[d % 2, i] += ll
                     st.Lmix[j, d, i] = q(st.Lmix[j, d, i] * p.mix_gamma + ll, p.qs)
             st.ncnt[j, d] = 0.0
             st.mprev[j, d, 0] = q(kap[pol] * st.fprev[j, d] * (p.horizon_us / p.tau_us), p.qs) \
@@ -535,7 +537,7 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
         for pol in range(2):
             for i in range(ne):
                 st.Lglob[pol, i] = q(st.Lglob[pol, i] * p.mix_gamma + g[pol, i] / half, p.qs)
-            if od[pol, 1] > 0.0:
+            if od[pol, 3] > 0.0:
                 st.odisp[pol, 4] += 1.0
                 r = max(a, 1.0 / st.odisp[pol, 4])
                 for k in range(4):
