@@ -815,7 +815,8 @@ def _features(st: State, sc: Scratch, p: Params, z: np.ndarray, h: np.ndarray, j
               d: int) -> None:
     """sc.xs ← the shared forecaster's features of channel (j, d): its trace, its 8
     neighbours' traces (``sc.emap``, filled from the same traces z), the hierarchy's forecast
-    h, all × Δ/τ (counts per window), and 1."""
+    h, all × Δ/τ (counts per window), its count in the last window and the sum of its 8
+    neighbours' (``nlast``, ``sc.cmap``), and 1."""
     s = p.horizon_us / p.tau_us
     c = p.column
     r = (d // 2) // c
@@ -825,12 +826,16 @@ def _features(st: State, sc: Scratch, p: Params, z: np.ndarray, h: np.ndarray, j
     px = (j % p.ncx) * c + 1 + cc
     sc.xs[0] = s * z[j, d]
     o = 1
+    cn = 0.0
     for oo in range(9):
         if oo != 4:
             sc.xs[o] = s * sc.emap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
+            cn += sc.cmap[py + oo // 3 - 1, px + oo % 3 - 1, pol]
             o += 1
     sc.xs[9] = s * h[j, d]
-    sc.xs[10] = 1.0
+    sc.xs[10] = st.nlast[j, d]
+    sc.xs[11] = cn
+    sc.xs[12] = 1.0
 
 
 @_kernel
@@ -844,6 +849,7 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
     """
     sc.sxx[:, :, :] = 0.0
     sc.sxy[:, :] = 0.0
+    _to_map(sc.cmap, p, st.nlast, sc.zero1)
     quiet = 0.0
     for j in range(st.active.shape[0]):
         if st.active[j] == 0:
@@ -1008,7 +1014,13 @@ def _mix(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                 zz = qz((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
                 st.zk[j, d, i] = zz
                 st.mprev[j, d, i + 1] = qz(zz / sc.corrk[i], p.qs)
-            if p.msh:  # the shared linear forecaster (features of this tick; silent: bias)
+            st.nlast[j, d] = n
+    if p.msh:  # the shared linear forecaster (features of this tick; silent: its bias)
+        _to_map(sc.cmap, p, st.nlast, sc.zero1)
+        for j in range(st.active.shape[0]):
+            act = st.active[j] != 0
+            for d in range(p.d1):
+                pol = d % 2
                 if act:
                     _features(st, sc, p, st.z1, st.hprev, j, d)
                     acc = 0.0

@@ -382,15 +382,19 @@ def nbr(p: Params, j: int, d: int, o: int) -> tuple[int, int]:
 
 def features(st: State, p: Params, z: np.ndarray, h: np.ndarray, j: int, d: int) -> np.ndarray:
     """The shared forecaster's features of channel (j, d): [z_c, z of the 8 neighbours, h_c]
-    × Δ/τ and 1, (NF,)."""
+    × Δ/τ, its last window's count, the sum of its 8 neighbours' counts there, and 1, (NF,)."""
     s = p.horizon_us / p.tau_us
     x = np.zeros(NF)
     x[0] = s * z[j, d]
+    cn = 0.0
     for o in range(8):
         j2, d2 = nbr(p, j, d, o)
         x[1 + o] = s * z[j2, d2] if j2 >= 0 else 0.0
+        cn += float(st.nlast[j2, d2]) if j2 >= 0 else 0.0
     x[9] = s * h[j, d]
-    x[10] = 1.0
+    x[10] = st.nlast[j, d]
+    x[11] = cn
+    x[12] = 1.0
     return x
 
 
@@ -522,8 +526,11 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
                 b = float(sc.betak[i])
                 st.zk[j, d, i] = q((1.0 - b) * st.zk[j, d, i] + b * n, p.qs)
                 st.mprev[j, d, i + 1] = q(st.zk[j, d, i] / corr[i], p.qs)
-            if p.msh:  # the shared linear forecaster; silent columns: its bias
-                if act:
+            st.nlast[j, d] = n
+    if p.msh:  # the shared linear forecaster, on this tick's features; silent columns: bias
+        for j in range(st.active.shape[0]):
+            for d in range(p.d1):
+                if st.active[j]:
                     x = features(st, p, st.z1, st.hprev, j, d)
                     acc = 0.0
                     for a in range(NF):

@@ -45,7 +45,8 @@ zk / (1 − (1 − β_i)^K), so that a new stream is forecast from its first win
 average started at the first count). Shared linear forecaster (the last expert when
 ``mix_shared``): Wsh (2, NF) its weights per polarity, Lsh (2, NF, NF) their information
 matrix and Bsh (2, NF) the information vector (Λ w = b, recursive least squares with
-forgetting: a Kalman filter of weights that drift).
+forgetting: a Kalman filter of weights that drift); nlast (n1, D1) each channel's count in
+the last completed window (one of its features).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class State(NamedTuple):
     Wsh: np.ndarray
     Lsh: np.ndarray
     Bsh: np.ndarray
+    nlast: np.ndarray
 
 
 class Scratch(NamedTuple):
@@ -165,12 +167,14 @@ class Scratch(NamedTuple):
     sxy: np.ndarray  # and Σ x n, (2, NF)
     xs: np.ndarray  # one channel's features, (NF,)
     work: np.ndarray  # the linear solve's scratch, (NF, NF + 1)
+    cmap: np.ndarray  # last window's counts on the zero-padded pooled grid, like emap
     mixg: np.ndarray  # per-polarity sums of the experts' log-likelihoods at a horizon tick, (2, NE)
 
 
-NF = 11
+NF = 13
 """Features of the shared linear forecaster: own trace, 8 neighbours' traces, the hierarchy's
-forecast (all × Δ/τ, in counts per window) and a bias 1."""
+forecast (all × Δ/τ, in counts per window), the channel's count in the last window, the sum
+of its 8 neighbours' counts there, and a bias 1."""
 
 SH_PRIOR = 0.01
 """Initial information (precision) of each of its weights: a weak zero-mean prior."""
@@ -236,7 +240,7 @@ def init_state(spec: ModelSpec) -> State:
         Lglob=np.zeros((2, ne), f8), odisp=np.zeros((2, 5), f8),
         mixage=np.zeros(2, np.int64),
         Wsh=np.zeros((2, NF), f8), Lsh=np.repeat((SH_PRIOR * np.eye(NF))[None], 2, axis=0),
-        Bsh=np.zeros((2, NF), f8),
+        Bsh=np.zeros((2, NF), f8), nlast=np.zeros((n1, d1), f8),
     )
     if spec.fixed_point:
         s = spec.q_scale
@@ -281,7 +285,7 @@ def init_scratch(spec: ModelSpec) -> Scratch:
         corrk=np.ones(ns, f8),
         mixg=np.zeros((2, n_experts(spec)), f8), odacc=np.zeros((2, 4), f8),
         sxx=np.zeros((2, NF, NF), f8), sxy=np.zeros((2, NF), f8), xs=np.zeros(NF, f8),
-        work=np.zeros((NF, NF + 1), f8),
+        work=np.zeros((NF, NF + 1), f8), cmap=np.zeros((r1 * c + 2, c1 * c + 2, 2), f8),
         kap=np.ones(2, f8),
     )
 
