@@ -441,42 +441,53 @@ def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, mprev
             kap[pol] = min(max(odisp[pol, 2] / odisp[pol, 3], 0.25), 4.0)
     logit = np.empty(ne)
     ms = np.empty(ne)
-    for y in range(hp):
-        for xi in range(w2):
-            x = xi // 2
-            pol = xi % 2
-            j = (y // column) * cols1 + x // column
-            d = ((y % column) * column + x % column) * 2 + pol
-            mmax = 0.0
-            for i in range(ne):
-                m = kap[pol] * rate_hz[y, xi] * horizon_s if i == 0 else mprev[j, d, i]
-                ms[i] = m
-                mmax = max(mmax, m) if m == m else np.inf  # a NaN must show
-            if mmax <= 1e-12:  # every expert expects nothing: so does the mixture
-                count_mean[y, xi] = 0.0
-                count_var[y, xi] = 0.0
-                rate_hz[y, xi] = 0.0
-                rate_var[y, xi] = 0.0
-                continue
-            top = -np.inf
-            for i in range(ne):
-                v = lmix[j, d, i] + mix_share * lglob[pol, i]
-                logit[i] = v
-                top = max(top, v)
-            wsum = 0.0
-            mean = 0.0
-            second = 0.0
-            for i in range(ne):
-                m = ms[i]
-                if logit[i] - top < -40.0 and math.isfinite(m):
-                    continue  # weight < 5e-18 of the best: negligible (a NaN still shows)
-                w = math.exp(logit[i] - top)
-                wsum += w
-                mean += w * m
-                second += w * (m + m * m)
-            mean /= wsum
-            var = max(second / wsum - mean * mean, mean) + c[pol] * mean * mean
-            count_mean[y, xi] = mean
-            count_var[y, xi] = var
-            rate_hz[y, xi] = mean / horizon_s
-            rate_var[y, xi] = (var - mean) / (horizon_s * horizon_s)
+    wp = w2 // 2
+    rows1 = -(-hp // column)
+    for cy in range(rows1):  # column by column: no division per cell
+        for r in range(column):
+            y = cy * column + r
+            if y >= hp:
+                break
+            for cx in range(cols1):
+                j = cy * cols1 + cx
+                for cc in range(column):
+                    x = cx * column + cc
+                    if x >= wp:
+                        break
+                    for pol in range(2):
+                        d = (r * column + cc) * 2 + pol
+                        xi = 2 * x + pol
+                        mmax = 0.0
+                        for i in range(ne):
+                            m = kap[pol] * rate_hz[y, xi] * horizon_s if i == 0 else \
+                                mprev[j, d, i]
+                            ms[i] = m
+                            mmax = max(mmax, m) if m == m else np.inf  # a NaN must show
+                        if mmax <= 1e-12:  # no expert expects events: nor does the mixture
+                            count_mean[y, xi] = 0.0
+                            count_var[y, xi] = 0.0
+                            rate_hz[y, xi] = 0.0
+                            rate_var[y, xi] = 0.0
+                            continue
+                        top = -np.inf
+                        for i in range(ne):
+                            v = lmix[j, d, i] + mix_share * lglob[pol, i]
+                            logit[i] = v
+                            top = max(top, v)
+                        wsum = 0.0
+                        mean = 0.0
+                        second = 0.0
+                        for i in range(ne):
+                            m = ms[i]
+                            if logit[i] - top < -40.0 and math.isfinite(m):
+                                continue  # weight < 5e-18 of the best (a NaN still shows)
+                            w = math.exp(logit[i] - top)
+                            wsum += w
+                            mean += w * m
+                            second += w * (m + m * m)
+                        mean /= wsum
+                        var = max(second / wsum - mean * mean, mean) + c[pol] * mean * mean
+                        count_mean[y, xi] = mean
+                        count_var[y, xi] = var
+                        rate_hz[y, xi] = mean / horizon_s
+                        rate_var[y, xi] = (var - mean) / (horizon_s * horizon_s)

@@ -211,11 +211,14 @@ def decay(st: State, sc: Scratch, p: Params, j: int, t: int) -> None:
         st.tcol[j] = t
 
 
-def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -> None:
+def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int,
+          learning: bool) -> None:
     px, py = x // p.pool, y // p.pool
     j = (py // p.column) * p.ncx + px // p.column
     d = ((py % p.column) * p.column + px % p.column) * 2 + pol
     if not st.active[j]:
+        if st.clock[K_NACTIVE] == 0:  # the experts first see the silent windows end
+            catch_up(st, sc, p, t, learning, False)
         st.active[j] = 1
         st.busy1[j] = 1
         st.tcol[j] = t
@@ -231,7 +234,7 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int) -
     st.busy1[j] = 1  # an input event is news: the column's error units are polled next tick
     dt = t - int(st.tcol[j])
     st.z1[j, d] = q(st.z1[j, d] + math.exp(dt / p.tau_us), p.qs)
-    st.ncnt[j, d] += 1.0
+    st.ncnt[j, d] += 1
     z = q(st.z1[j, d] * math.exp(-dt / p.tau_us), p.qs)
     e = q(st.pi1[j, d] * (z - st.xhat1[j, d]), p.qs)
     delta = e - st.eps1[j, d]
@@ -404,12 +407,15 @@ def learn_shared(st: State, p: Params) -> None:
     features (0, …, 0, 1), count 0)."""
     sxx = np.zeros((2, NF, NF))
     sxy = np.zeros((2, NF))
-    quiet = 0.0
+    quiet = [0.0, 0.0]
+    k = int(st.mixage[0])
     for j in range(st.active.shape[0]):
-        if not st.active[j]:
-            quiet += p.d1 // 2
-            continue
         for d in range(p.d1):
+            if (j + d + k) % 4 != 0:  # a rotating quarter of the channels
+                continue
+            if not st.active[j]:
+                quiet[d % 2] += 1.0
+                continue
             x = features(st, p, st.zprev, st.hprev, j, d)
             y = float(st.ncnt[j, d])
             for a in range(NF):  # upper triangle, mirrored below
@@ -421,7 +427,7 @@ def learn_shared(st: State, p: Params) -> None:
     work = np.zeros((NF, NF + 1))
     out = np.zeros(NF)
     for pol in range(2):
-        sxx[pol, NF - 1, NF - 1] += quiet
+        sxx[pol, NF - 1, NF - 1] += quiet[pol]
         for a in range(NF):
             for b in range(a + 1, NF):
                 sxx[pol, b, a] = sxx[pol, a, b]
@@ -519,7 +525,7 @@ def mix(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
                         ll += n * math.log(m)
                     g[d % 2, i] += ll
                     st.Lmix[j, d, i] = q(st.Lmix[j, d, i] * p.mix_gamma + ll, p.qs)
-            st.ncnt[j, d] = 0.0
+            st.ncnt[j, d] = 0
             st.mprev[j, d, 0] = q(kap[pol] * st.fprev[j, d] * (p.horizon_us / p.tau_us), p.qs) \
                 if act else 0.0
             for i in range(p.ns):  # EMAs of the window counts, β_i = 1 − exp(−Δ/τ_i)
@@ -659,15 +665,24 @@ def tick(st: State, sc: Scratch, p: Params, tt: int, learning: bool) -> None:
             silence(st, sc, p, j)
 
 
+def catch_up(st: State, sc: Scratch, p: Params, t: int, learning: bool, still: bool) -> None:
+    """The rate experts see the silent windows end that are pending since the clock jumped
+    (mixage[2]) up to t (at most mix_kmax in a row); still: the silence goes on."""
+    if st.mixage[2] < 0:
+        return
+    tt = -(-int(st.mixage[2]) // p.horizon_us) * p.horizon_us
+    while tt <= t and st.mixage[1] < p.mix_kmax:
+        mix(st, sc, p, tt, learning)
+        st.mixage[1] += 1
+        tt += p.horizon_us
+    st.mixage[2] = (t // p.horizon_us + 1) * p.horizon_us if still else -1
+
+
 def advance(st: State, sc: Scratch, p: Params, t: int, learning: bool) -> None:
     while st.clock[K_NEXT] <= t:
         if st.clock[K_NACTIVE] == 0:
-            # the rate experts still see silent windows end (up to mix_kmax in a row)
-            tt = -(-int(st.clock[K_NEXT]) // p.horizon_us) * p.horizon_us
-            while tt <= t and st.mixage[1] < p.mix_kmax:
-                mix(st, sc, p, tt, learning)
-                st.mixage[1] += 1
-                tt += p.horizon_us
+            if st.mixage[2] < 0:  # silent windows pending from here (catch_up)
+                st.mixage[2] = st.clock[K_NEXT]
             st.clock[K_NEXT] = (t // p.tick_us + 1) * p.tick_us
             break
         tick(st, sc, p, int(st.clock[K_NEXT]), learning)
@@ -680,7 +695,8 @@ def run_batch(st: State, sc: Scratch, p: Params, t: np.ndarray, x: np.ndarray, y
     for i in range(t.shape[0]):
         ti = int(t[i])
         advance(st, sc, p, ti, learning)
-        event(st, sc, p, ti, int(x[i]), int(y[i]), int(pol[i]))
+        event(st, sc, p, ti, int(x[i]), int(y[i]), int(pol[i]), learning)
     st.counters[C_EVENTS] += t.shape[0]
     advance(st, sc, p, t_end, learning)
+    catch_up(st, sc, p, t_end, learning, True)
     st.clock[K_TNOW] = t_end

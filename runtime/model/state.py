@@ -38,15 +38,16 @@ means of (n − m)² − v and m² over active channels (m, v the mixture's fore
 variance), whose ratio is the overdispersion c added to the published variance (c m²), and
 of n and the forecast unit's uncalibrated count forecast, whose ratio is its calibration κ,
 and the number of updates (the first ones are plain averages);
-mixage (2,) int64: K, the number of windows the averaging experts have seen since the stream
-(re)started, and the number of windows in a row they have seen with no active column (at
-most ``mix_kmax`` are processed in one silence); their forecasts are bias-corrected,
-zk / (1 − (1 − β_i)^K), so that a new stream is forecast from its first window on (as an
-average started at the first count). Shared linear forecaster (the last expert when
-``mix_shared``): Wsh (2, NF) its weights per polarity, Lsh (2, NF, NF) their information
-matrix and Bsh (2, NF) the information vector (Λ w = b, recursive least squares with
-forgetting: a Kalman filter of weights that drift); nlast (n1, D1) each channel's count in
-the last completed window (one of its features).
+mixage (3,) int64: K, the number of windows the averaging experts have seen since the stream
+(re)started, the number of windows in a row they have seen with no active column (at most
+``mix_kmax`` are processed in one silence), and the time from which silent windows are
+pending (−1: none; processed when a column wakes or at the end of the batch); their
+forecasts are bias-corrected, zk / (1 − (1 − β_i)^K), so that a new stream is forecast from
+its first window on (as an average started at the first count). Shared linear forecaster
+(the last expert when ``mix_shared``): Wsh (2, NF) its weights per polarity, Lsh (2, NF, NF)
+their information matrix and Bsh (2, NF) the information vector (Λ w = b, recursive least
+squares with forgetting: a Kalman filter of weights that drift); nlast (n1, D1) each
+channel's count in the last completed window (one of its features).
 """
 
 from __future__ import annotations
@@ -235,10 +236,10 @@ def init_state(spec: ModelSpec) -> State:
         clock=np.zeros(4, np.int64), counters=np.zeros(5, np.int64),
         baseline=np.array([0.0, 1.0], f8),
         sbase1=np.repeat(np.array([[0.0, 1.0]], f8), n1, axis=0),
-        zk=np.zeros((n1, d1, ns), f8), ncnt=np.zeros((n1, d1), f8),
+        zk=np.zeros((n1, d1, ns), f8), ncnt=np.zeros((n1, d1), np.int32),
         mprev=np.zeros((n1, d1, ne), f8), Lmix=np.zeros((n1, d1, ne), f8),
         Lglob=np.zeros((2, ne), f8), odisp=np.zeros((2, 5), f8),
-        mixage=np.zeros(2, np.int64),
+        mixage=np.array([0, 0, -1], np.int64),
         Wsh=np.zeros((2, NF), f8), Lsh=np.repeat((SH_PRIOR * np.eye(NF))[None], 2, axis=0),
         Bsh=np.zeros((2, NF), f8), nlast=np.zeros((n1, d1), f8),
     )
