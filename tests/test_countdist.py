@@ -13,8 +13,9 @@ def test_nb_params_round_trip_mean_and_variance() -> None:
     v = np.array([0.5, 7.0, 15.0])
     r, p = nb_params(m, v)
     nb = np.isfinite(r)
-    np.testing.assert_allclose((r * (1 - p) / p)[nb], m[nb])
-    np.testing.assert_allclose((r * (1 - p) / p**2)[nb], v[nb])
+    r, p = r[nb], p[nb]
+    np.testing.assert_allclose(r * (1 - p) / p, m[nb])
+    np.testing.assert_allclose(r * (1 - p) / p**2, v[nb])
     assert not nb[2]  # var == mean: Poisson
 
 

@@ -9,7 +9,10 @@ Streams: synthetic moving bars, and the real recordings that are not held out
 (DAVIS240C rotating disk, DVXplorer indoor, Prophesee EVT 2.0 busy scene, the looped
 Prophesee EVT 3.0 burst). Each is replayed in Δ-long batches through ``Network.step``;
 windows before the first third of the stream are not scored. Also reports the frozen
-untrained network (random weights) as a control, and the 90 % interval coverage.
+untrained network (random weights) as a control, and the 90 % coverage of the published count
+distribution (randomised PIT, ``augury.model.countdist``; all cells). The stronger evaluation,
+with the best EMA in hindsight, an RLS predictor and confidence intervals, is
+``tools.experiments.forecast_eval``.
 Prints one line per stream and a JSON object last.
 
 ``--held-out`` scores the two recordings that ``../shared/data/README.md`` reserves for
@@ -27,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from augury.events import EventBatch
-from augury.model.network import Network, column_to_map, traces_at
-from augury.model.scoring import ScoreBoard
+from augury.model.countdist import coverage90, randomized_pit
+from augury.model.network import Network
+from augury.model.scoring import ScoreBoard, window_counts
 from augury.model.spec import ModelSpec
 from tools.spec_args import add_spec_argument, spec_overrides
 
@@ -90,24 +94,18 @@ def evaluate(spec: ModelSpec, ev: np.ndarray, *, learn: bool = True) -> dict[str
     board = ScoreBoard(spec, dt, warmup_us=t1 // 3)
     edges = np.arange(0, t1 + 1, dt)
     cuts = np.searchsorted(ev["t"], edges)
-    tau_s = spec.tau_us * 1e-6
-    hits = total = 0
+    rng = np.random.default_rng(0)
+    pits: list[np.ndarray] = []
     prev = None
     for i in range(len(edges) - 1):
         b = EventBatch(ev[cuts[i]:cuts[i + 1]], int(edges[i]), int(edges[i + 1]), i)
+        if prev is not None and b.t_start_us >= t1 // 3:
+            pits.append(randomized_pit(window_counts(spec, b.events), *prev, rng).ravel())
         r = net.step(b)
         board.observe(b, r.rate_hz)
-        z = column_to_map(spec, traces_at(spec, net.state, r.t_us)) / tau_s
-        act = column_to_map(spec, np.repeat(net.state.active[:, None] > 0, spec.d1, 1))
-        if prev is not None and b.t_start_us >= t1 // 3:
-            rate, var, act0 = prev
-            half = 1.645 * np.sqrt(var)
-            m = act & act0
-            hits += int(np.sum((z[m] >= rate[m] - half[m]) & (z[m] <= rate[m] + half[m])))
-            total += int(m.sum())
-        prev = (r.rate_hz.astype(np.float64), r.rate_var.astype(np.float64), act)
+        prev = (r.count_mean.astype(np.float64), r.count_var.astype(np.float64))
     out = board.per_event()
-    out["coverage90"] = hits / max(total, 1)
+    out["coverage90"] = coverage90(np.concatenate(pits)) if pits else float("nan")
     return out
 
 
