@@ -15,7 +15,7 @@ from augury.model.spec import ModelSpec
 
 T1 = 120_000
 EV = bars(96, 64, T1, seed=5, noise_rate_hz=10.0, n_objects=3)
-SPEC = ModelSpec(width=96, height=64, pool=4, tick_us=1_000, horizon_us=5_000)
+SPEC = ModelSpec(width=96, height=64, pool=4, layers=2, tick_us=1_000, horizon_us=5_000)
 
 
 def _run(spec: ModelSpec, cuts: list[int], t0: int = 0, t1: int = T1) -> Network:

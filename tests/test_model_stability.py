@@ -126,7 +126,7 @@ def test_stochastic_rounding_keeps_low_precision_learning() -> None:
                                      seed=2, speed_px_s=300.0))
     # the forecast unit's own forecast, published alone (no rate experts): the learned
     # network is what fixed point emulates, the experts' statistics run on the host
-    base = dict(width=128, height=96, pool=4, mix_taus_us=(), mix_shared=False)
+    base = dict(width=128, height=96, pool=4, layers=2, mix_taus_us=(), mix_shared=False)
 
     def run(spec: ModelSpec, window_us: int = 10_000) -> tuple[Network, float]:
         net = Network(spec)

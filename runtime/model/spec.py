@@ -37,7 +37,7 @@ class ModelSpec:
     column: int = 4  # pooled cells per column side
     k1: int = 8
     k2: int = 8
-    layers: int = 2  # 1 or 2 belief layers above the sensor
+    layers: int = 1  # 1 or 2 belief layers above the sensor
     horizon_us: int = 10_000  # temporal prediction horizon Δ
     tick_us: int = 1_000  # clock of the sparse sweeps and relaxation (divides horizon_us)
     learn_us: int = 5_000  # learning epoch: weights and precisions update at multiples of it

@@ -27,15 +27,17 @@ Baselines (all causal and online, updated after each scored window):
 
 Statistics: the model's per-window log-likelihood is averaged over network seeds
 (``--seeds``, default 0 1 2); gains (model − baseline, nats per scored event) have 95 %
-confidence intervals from a paired moving-block bootstrap over windows (block length
-max(1, windows // 20), 2000 resamples, fixed RNG). Coverage: the randomised PIT of every
-cell's count under the published distribution read as a negative binomial
+confidence intervals from a paired moving-block bootstrap over windows (block length max(1,
+windows // 20), 2000 resamples, fixed RNG). Coverage: the randomised PIT of every cell's
+count under the published distribution read as a negative binomial
 (``augury.model.countdist``), share inside the central 90 % (0.90 when calibrated), over all
-cells (and, as a diagnostic, over cells whose forecast mean is ≥ 1: selected by the forecast,
-not by the outcome). Ablations (one seed each, gains vs the best EMA): no hierarchy term in
-the forecast unit (``forecast_hier=false``), layer 1 only (``layers=1``), no lateral
-weights (``forecast_lateral=false``), and the forecast unit alone, without the mixture of
-rate experts (``mix_taus_us=[]``, what was published before).
+cells (and, as a diagnostic, over cells whose forecast mean is ≥ 1: selected by the
+forecast, not by the outcome). Ablations (one seed each, gains vs the best EMA and vs the
+full model): no hierarchy term in the forecast unit and the shared forecaster
+(``forecast_hier=false``), a second belief layer (``layers=2``; the default is one), no
+lateral weights in the forecast unit (``forecast_lateral=false``), no averaging experts
+(``mix_taus_us=[]``), no shared linear forecaster (``mix_shared=false``), and the forecast
+unit alone (both off: what was published before the mixture).
 
 The real recordings are every one in ``../shared/data`` that is not reserved, plus 10
 N-MNIST training digits back to back; ``evt3_sample.raw`` (8.8 ms) is shorter than one
@@ -77,9 +79,12 @@ REAL = {
 SYNTHETIC = ("static", "bars")
 ABLATIONS = {
     "no hierarchy term": {"forecast_hier": False},
-    "layer 1 only": {"layers": 1},
-    "no lateral R": {"forecast_lateral": False},
-    "forecast unit alone (no experts)": {"mix_taus_us": []},
+    "two belief layers": {"layers": 2},
+    "no lateral weights R in the forecast unit": {"forecast_lateral": False},
+    "no averaging experts": {"mix_taus_us": []},
+    "no shared linear forecaster": {"mix_shared": False},
+    "forecast unit alone (the forecast published before)": {"mix_taus_us": [],
+                                                             "mix_shared": False},
 }
 QUICK = {"rotdisk": 1_500_000, "dvxplorer": None, "static": 1_500_000}
 DOC = Path(__file__).resolve().parents[2] / "docs"
