@@ -1,0 +1,34 @@
+"""tools/experiments/nmnist_probe on a cut-down split: the pipeline works end to end and its
+numbers are sane (the issue's targets on it are not met yet: docs/results.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from augury.model.network import Network
+from augury.model.spec import ModelSpec
+from tools.experiments import nmnist_probe as npb
+
+pytestmark = pytest.mark.skipif(not npb.DATA.exists(),
+                                reason="shared data directory ../shared/data is absent")
+
+
+def test_learning_pass_changes_weights_and_features_are_finite() -> None:
+    digits = [npb.load_digit(s) for s, _ in npb.labels("train1K")[:20]]
+    net = Network(ModelSpec.from_dict(npb.BASE_SPEC))
+    w0 = net.state.W1.copy()
+    npb.learn_pass(net, digits)
+    assert not np.array_equal(w0, net.state.W1)
+    f = npb.belief_features(net, digits[:5])
+    r1, c1 = net.spec.grid1
+    assert f["l1"].shape == (5, 2 * r1 * c1 * net.spec.k1) and np.isfinite(f["l1"]).all()
+    assert "l2" in f and np.isfinite(f["l2"]).all()
+
+
+def test_quick_probe_is_well_above_chance() -> None:
+    res = npb.run(quick=True, seeds=[0], n_train=120, overrides={})
+    assert res["raw counts 34×34×2"]["cv_mean"] > 0.55  # 10 classes: chance is 0.10
+    for layer in ("layer 1", "both"):
+        assert res[f"learned beliefs, {layer}"]["cv_mean"] > 0.30
+        assert res[f"random beliefs, {layer}"]["cv_mean"] > 0.30

@@ -1,0 +1,249 @@
+"""N-MNIST: are the beliefs learned without labels better features than random ones?
+
+Usage::
+
+    python -m tools.experiments.nmnist_probe [--quick] [--write-docs] [--seeds 0 1 2]
+        [--train N] [--spec key=value ...]
+
+Protocol (issue "Learning that earns its keep"):
+
+1. Unsupervised phase: one online pass of learning over the ``train1K`` digits of
+   ``../shared/data/nmnist`` as one stream (digits back to back, 20 ms apart, 10 ms batches
+   through ``Network.step``); labels are never seen. Spec: 34 × 34, pool 2, K1 = 8, two
+   layers (so that layer 1, layer 2 and both can be compared), other fields default or
+   ``--spec``.
+2. Features, learning frozen: each digit is replayed from a fresh fast state that keeps
+   what was learned (``pipeline.restart_stream``); the beliefs are read out every 10 ms; per
+   belief unit the mean and the maximum over the read-outs.
+3. Probe: multinomial logistic regression on standardised features (scikit-learn), C picked
+   from {0.01, 0.1, 1} by an inner 3-fold CV on the training part only; 5-fold stratified CV
+   accuracy on the 1,000 (mean ± sd over folds and seeds), and train-on-1000 /
+   test-on-``test100`` accuracy (the test split is never used to choose anything).
+4. Feature sets: raw counts per pixel and polarity (34 × 34 × 2), counts at the network's
+   pooling (17 × 17 × 2), the same network's beliefs with its random initial weights, and
+   after the learning pass; for the networks, layer 1, layer 2 and both.
+
+Prints one line per feature set, a Markdown table, and a JSON object last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from augury.events import EventBatch
+from augury.model.network import Network
+from augury.model.spec import ModelSpec
+from augury.pipeline import restart_stream
+from tools.spec_args import add_spec_argument, spec_overrides
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nmnist"
+DOC = Path(__file__).resolve().parents[2] / "docs"
+BATCH_US = 10_000
+GAP_US = 20_000
+BASE_SPEC = {"width": 34, "height": 34, "pool": 2, "k1": 8, "layers": 2}
+
+
+def labels(split: str) -> list[tuple[int, int]]:
+    """(sample id, class) of ``train1K`` or ``test100``."""
+    out = []
+    for line in (DATA / f"{split}.txt").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#"):
+            out.append((int(parts[0]), int(parts[1])))
+    return out
+
+
+def load_digit(sample: int) -> np.ndarray:
+    """One digit's events, t from 0 (µs)."""
+    from augury.adapters import open_source
+
+    with open_source(DATA / "samples" / f"{sample}.bs2") as src:
+        ev = src.read_all().copy()
+    ev["t"] -= ev["t"][0] if ev.size else 0
+    return ev
+
+
+def batches(ev: np.ndarray, t0_us: int) -> tuple[list[EventBatch], int]:
+    """The digit shifted to start at t0_us (a multiple of BATCH_US) in BATCH_US batches, and
+    the time the next digit starts (after GAP_US)."""
+    t_end = t0_us + (int(ev["t"][-1]) + 1 if ev.size else 0) + GAP_US
+    t_end = -(-t_end // BATCH_US) * BATCH_US
+    e = ev.copy()
+    e["t"] += t0_us
+    edges = np.arange(t0_us, t_end + 1, BATCH_US)
+    cuts = np.searchsorted(e["t"], edges)
+    return [EventBatch(e[cuts[i]:cuts[i + 1]], int(edges[i]), int(edges[i + 1]), i)
+            for i in range(len(edges) - 1)], t_end
+
+
+def learn_pass(net: Network, digits: list[np.ndarray]) -> None:
+    """One unlabelled online pass over the digits as one stream."""
+    t0 = 0
+    for ev in digits:
+        bs, t0 = batches(ev, t0)
+        for b in bs:
+            net.step(b)
+
+
+def belief_features(net: Network, digits: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per digit, per belief unit: mean and max of the beliefs read out every 10 ms, learning
+    frozen, each digit from a fresh fast state; {"l1": (n, 2·units1), "l2": ...}."""
+    net.freeze_learning()
+    feats: dict[str, list[np.ndarray]] = {"l1": [], "l2": []}
+    for ev in digits:
+        restart_stream(net)
+        reads: list[list[np.ndarray]] = []
+        bs, _ = batches(ev, 0)
+        for b in bs:
+            r = net.step(b)
+            reads.append([m.ravel() for m in r.mu])
+        for layer in range(len(reads[0])):
+            a = np.stack([rd[layer] for rd in reads])
+            feats[f"l{layer + 1}"].append(np.concatenate([a.mean(0), a.max(0)]))
+    return {k: np.stack(v) for k, v in feats.items() if v}
+
+
+def count_features(digits: list[np.ndarray], pool: int) -> np.ndarray:
+    """Event counts per (pooled) pixel and polarity, (n, (34/pool)² · 2)."""
+    side = -(-34 // pool)
+    out = np.zeros((len(digits), side * side * 2))
+    for i, ev in enumerate(digits):
+        idx = ((ev["y"].astype(np.int64) // pool) * side + ev["x"] // pool) * 2 + ev["p"]
+        out[i] = np.bincount(idx, minlength=side * side * 2)
+    return out
+
+
+def probe(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None, y_test: np.ndarray | None,
+          folds: int, seed: int) -> dict[str, float]:
+    """Linear probe accuracies: k-fold CV on (x, y) and, if given, train-all / test."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def model() -> GridSearchCV:
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        return GridSearchCV(pipe, {"logisticregression__C": [0.01, 0.1, 1.0]}, cv=3)
+
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    acc = cross_val_score(model(), x, y, cv=cv)
+    out = {"cv_mean": float(acc.mean()), "cv_sd": float(acc.std())}
+    if x_test is not None and y_test is not None:
+        out["test"] = float(model().fit(x, y).score(x_test, y_test))
+    return out
+
+
+def run(*, quick: bool, seeds: list[int], n_train: int | None,
+        overrides: dict[str, object]) -> dict[str, dict[str, float]]:
+    train = labels("train1K")[: (n_train or (200 if quick else 1000))]
+    test = [] if quick else labels("test100")
+    folds = 3 if quick else 5
+    d_train = [load_digit(s) for s, _ in train]
+    d_test = [load_digit(s) for s, _ in test]
+    y = np.array([c for _, c in train])
+    y_test = np.array([c for _, c in test]) if test else None
+    spec0 = ModelSpec.from_dict({**BASE_SPEC, **overrides})
+    rows: dict[str, list[dict[str, float]]] = {}
+
+    def add(name: str, x: np.ndarray, xt: np.ndarray | None, seed: int) -> None:
+        r = probe(x, y, xt if test else None, y_test, folds, seed)
+        rows.setdefault(name, []).append(r)
+
+    for pool, name in ((1, "raw counts 34×34×2"), (spec0.pool, f"counts pooled by {spec0.pool}")):
+        add(name, count_features(d_train, pool), count_features(d_test, pool) if test else None,
+            0)
+    for seed in seeds:
+        spec = ModelSpec.from_dict({**spec0.to_dict(), "seed": seed})
+        for kind in ("random", "learned"):
+            net = Network(spec)
+            if kind == "learned":
+                learn_pass(net, d_train)
+            f_train = belief_features(net, d_train)
+            f_test = belief_features(net, d_test) if test else {}
+            layers = {"layer 1": ["l1"], "layer 2": ["l2"], "both": ["l1", "l2"]}
+            for label, keys in layers.items():
+                if not all(k in f_train for k in keys):
+                    continue
+                x = np.concatenate([f_train[k] for k in keys], axis=1)
+                xt = np.concatenate([f_test[k] for k in keys], axis=1) if test else None
+                add(f"{kind} beliefs, {label}", x, xt, seed)
+            sparsity = float(np.mean(f_train["l1"][:, : f_train["l1"].shape[1] // 2] > 1e-6))
+            rows.setdefault(f"{kind} beliefs, layer 1", [])[-1]["nonzero_mean"] = sparsity
+    out = {}
+    for name, rs in rows.items():
+        agg = {"cv_mean": float(np.mean([r["cv_mean"] for r in rs])),
+               "cv_sd": float(np.sqrt(np.mean([r["cv_sd"] ** 2 for r in rs])
+                                      + np.var([r["cv_mean"] for r in rs])))}
+        if all("test" in r for r in rs):
+            agg["test"] = float(np.mean([r["test"] for r in rs]))
+        if any("nonzero_mean" in r for r in rs):
+            agg["nonzero_mean"] = float(np.mean([r["nonzero_mean"] for r in rs
+                                                 if "nonzero_mean" in r]))
+        out[name] = agg
+        print(name, json.dumps(agg), flush=True)
+    return out
+
+
+def table(res: dict[str, dict[str, float]]) -> str:
+    lines = ["| features | 5-fold CV accuracy (train1K) | test100 accuracy | beliefs non-zero |",
+             "|---|---:|---:|---:|"]
+    for name, r in res.items():
+        test = f"{100 * r['test']:.1f} %" if "test" in r else "—"
+        nz = f"{100 * r['nonzero_mean']:.0f} %" if "nonzero_mean" in r else ""
+        lines.append(f"| {name} | {100 * r['cv_mean']:.1f} ± {100 * r['cv_sd']:.1f} % | "
+                     f"{test} | {nz} |")
+    return "\n".join(lines)
+
+
+def write_docs(text: str) -> None:
+    path = DOC / "results.md"
+    doc = path.read_text()
+    begin, end = "<!-- nmnist_probe:begin -->", "<!-- nmnist_probe:end -->"
+    block = (f"{begin}\nCommand: `python -m tools.experiments.nmnist_probe --write-docs`\n\n"
+             f"{text}\n{end}")
+    if begin in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc += "\n## N-MNIST: are learned beliefs better features?\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def headline(res: dict[str, dict[str, float]]) -> dict[str, float]:
+    out = {k: round(v["cv_mean"], 4) for k, v in res.items()}
+    pooled = next((v["cv_mean"] for k, v in res.items() if k.startswith("counts pooled")), 0.0)
+    for layer in ("layer 1", "layer 2", "both"):
+        lk, rk = f"learned beliefs, {layer}", f"random beliefs, {layer}"
+        if lk in res and rk in res:
+            out[f"learned_minus_random_{layer.replace(' ', '')}"] = round(
+                res[lk]["cv_mean"] - res[rk]["cv_mean"], 4)
+            out[f"learned_minus_pooled_counts_{layer.replace(' ', '')}"] = round(
+                res[lk]["cv_mean"] - pooled, 4)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="200 digits, one seed, 3 folds")
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--train", type=int, default=None, help="number of train1K digits")
+    add_spec_argument(ap)
+    a = ap.parse_args(argv)
+    t = time.perf_counter()
+    res = run(quick=a.quick, seeds=a.seeds or ([0] if a.quick else [0, 1, 2]),
+              n_train=a.train, overrides=spec_overrides(a.spec))
+    text = table(res)
+    print(text)
+    print(f"({time.perf_counter() - t:.0f} s)")
+    if a.write_docs:
+        write_docs(text)
+    print(json.dumps(headline(res)))
+
+
+if __name__ == "__main__":
+    main()
