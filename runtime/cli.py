@@ -402,8 +402,12 @@ def message_line(msg: Message) -> str:
         return f"{head} " + " ".join(parts)
     if msg.topic == "prediction":
         r = a["rate_hz"]
-        return (f"{head} rate mean={r.mean():.1f} Hz max={r.max():.1f} Hz "
+        line = (f"{head} rate mean={r.mean():.1f} Hz max={r.max():.1f} Hz "
                 f"sd={np.sqrt(a['rate_var']).mean():.1f} Hz shape={r.shape}")
+        if "count_mean" in a and "count_var" in a:  # next window: expected events ± sd
+            line += (f" next {m.get('horizon_ms', '?')} ms: {a['count_mean'].sum():,.0f}"
+                     f" ± {np.sqrt(a['count_var'].sum()):,.0f} events")
+        return line
     if msg.topic == "surprise":
         return f"{head} total={m['total']:.3g} z={m['zscore']:.2f} F={m['free_energy']:.3g}"
     ev = m.get("events_per_s_processed") or 0.0
