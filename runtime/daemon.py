@@ -3,6 +3,7 @@ control server, checkpoints, and signal handling. ``augury run`` is a thin shell
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from augury.checkpoint import CheckpointManager
 from augury.config import Config
 from augury.control import ControlServer, server_curve_keys
 from augury.events import EventBatch, empty_events, make_events
+from augury.model.compat import GEOMETRY_KEYS
 from augury.model.network import Network
 from augury.model.spec import ModelSpec
 from augury.pipeline import Pipeline, PipelineOptions, restore_network
@@ -38,12 +41,36 @@ def overflow_policy(cfg: Config) -> str:
     return "drop_oldest" if scheme in LIVE_SCHEMES else "block"
 
 
-def model_spec(cfg: Config, source: EventSource) -> ModelSpec:
-    """The model spec from ``[model]`` with the sensor geometry taken from the source."""
+def model_spec(cfg: Config, source: EventSource,
+               saved: dict[str, Any] | None = None) -> ModelSpec:
+    """The model spec from ``[model]`` with the sensor geometry taken from the source.
+
+    saved: the spec of the checkpoint the daemon will resume from, if any: the geometry keys
+    that ``[model]`` leaves unset are taken from it (so that upgrading, whose defaults may
+    differ, resumes what was learned instead of refusing it); otherwise pool is chosen from
+    the sensor size and the rest are ModelSpec's defaults.
+    """
     table = {k: v for k, v in cfg.model.items() if k not in ("width", "height")}
-    table.setdefault("pool", 0)  # unless configured: chosen from the sensor size
+    if saved and saved.get("width") == source.geometry.width \
+            and saved.get("height") == source.geometry.height:
+        for k in GEOMETRY_KEYS:
+            if k not in table and k in saved and k not in ("width", "height"):
+                table[k] = saved[k]
+    table.setdefault("pool", 0)  # unless configured or resumed: chosen from the sensor size
     return ModelSpec.from_dict({**table, "width": source.geometry.width,
                                 "height": source.geometry.height})
+
+
+def saved_spec(checkpoints: CheckpointManager) -> dict[str, Any] | None:
+    """The model spec (a dict) of the newest valid checkpoint, or None."""
+    found = checkpoints.load_latest()
+    if found is None:
+        return None
+    try:
+        d = json.loads(str(found.meta.get("spec")))
+    except (TypeError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def warm_up(spec: ModelSpec) -> None:
@@ -79,14 +106,17 @@ def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0) -> Daemon:
     publisher: Publisher | None = None
     control: ControlServer | None = None
     try:
-        spec = model_spec(cfg, source)
-        warm_up(spec)
-        network = Network(spec)
         checkpoints = None
         resumed = None
+        saved = None
         if cfg.checkpoint.dir is not None:
             checkpoints = CheckpointManager(cfg.checkpoint.dir, cfg.checkpoint.every_s,
                                             cfg.checkpoint.keep, background=True)
+            saved = saved_spec(checkpoints)
+        spec = model_spec(cfg, source, saved)
+        warm_up(spec)
+        network = Network(spec)
+        if checkpoints is not None:
             resumed = restore_network(network, checkpoints)
         publisher = Publisher(cfg.publish.endpoint, hwm=cfg.publish.hwm,
                               isolate_slow_subscribers=cfg.publish.isolate_slow_subscribers)

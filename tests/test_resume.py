@@ -85,3 +85,42 @@ def test_other_geometry_is_refused_and_the_checkpoint_kept(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"k1=8 there, 6 configured"):
         restore_network(Network(other), CheckpointManager(tmp_path, 60.0, 3))
     assert len(list(tmp_path.glob("*"))) == 1  # nothing deleted
+
+
+def test_expert_settings_of_another_shape_restart_the_experts_only(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint written with other rate experts (another NE): the learned weights are
+    kept, the experts' arrays restart, and the log names them."""
+    old = ModelSpec(**{**SPEC.to_dict(), "mix_taus_us": (50_000, 200_000, 1_000_000)})
+    net = _trained(old)
+    _save(tmp_path, net)
+    back = Network(SPEC)
+    with caplog.at_level(logging.WARNING, logger="augury.pipeline"):
+        restore_network(back, CheckpointManager(tmp_path, 60.0, 3))
+    np.testing.assert_array_equal(back.state.W1, net.state.W1)
+    assert back.state.Lmix.shape[2] == 1 + len(SPEC.mix_taus_us) + 1
+    assert "state of another shape restarted:" in caplog.text and "Lmix" in caplog.text
+
+
+def test_daemon_resumes_a_checkpoint_written_with_other_default_geometry(tmp_path: Path) -> None:
+    """Upgrading changed the defaults (pool chosen from the sensor, one belief layer): a state
+    directory written with the old ones (pool 8, two layers) resumes when [model] leaves them
+    unset, instead of refusing the learned state; set explicitly, they are refused."""
+    from augury.config import load_config
+    from augury.daemon import build_daemon
+
+    old = ModelSpec(width=64, height=48, pool=8, layers=2)
+    net = _trained(old)
+    _save(tmp_path, net)
+    uri = "synthetic://bars?width=64&height=48&duration_us=20000"
+    base = {"source.uri": uri, "checkpoint.dir": str(tmp_path),
+            "publish.endpoint": "tcp://127.0.0.1:*", "control.endpoint": "none"}
+    daemon = build_daemon(load_config(None, base))
+    try:
+        spec = daemon.pipeline.network.spec
+        assert (spec.pool, spec.layers) == (8, 2)
+        np.testing.assert_array_equal(daemon.pipeline.network.state.W1, net.state.W1)
+    finally:
+        daemon.close()
+    with pytest.raises(ValueError, match="layers=2 there, 1 configured"):
+        build_daemon(load_config(None, {**base, "model.layers": 1}))

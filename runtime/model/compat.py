@@ -13,7 +13,8 @@ functions over dicts:
   network, and the configured values apply from now on (reported, not fatal);
 * arrays the current version has and the checkpoint lacks start from their initial value
   (e.g. a newly added forecast unit starts as persistence); arrays the checkpoint has and
-  the current version does not know are dropped. Both are reported by name.
+  the current version does not know are dropped; arrays whose shape changed with a
+  non-geometry setting (the number of rate experts) restart. All are reported by name.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Reconciled:
     differs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     added: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    reset: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line naming every difference, or "" when there is none."""
@@ -57,6 +59,8 @@ class Reconciled:
             parts.append("new state initialised: " + ", ".join(self.added))
         if self.dropped:
             parts.append("unknown state dropped: " + ", ".join(self.dropped))
+        if self.reset:
+            parts.append("state of another shape restarted: " + ", ".join(self.reset))
         return "; ".join(parts)
 
 
@@ -89,8 +93,16 @@ def reconcile(saved_spec_json: str, arrays: dict[str, np.ndarray],
     fresh = init_state(spec)._asdict()
     out: dict[str, np.ndarray] = {}
     added = []
+    reset = []
     for name in State._fields:
-        if name in arrays:
+        if name in arrays and (np.shape(arrays[name]) != fresh[name].shape
+                               or np.asarray(arrays[name]).dtype != fresh[name].dtype):
+            # the geometry matches, so only a non-geometry setting changed this array's
+            # shape (the rate experts' number, mix_taus_us / mix_shared) or a version its
+            # dtype: it starts afresh rather than refusing the learned weights with it
+            out[name] = fresh[name]
+            reset.append(name)
+        elif name in arrays:
             out[name] = arrays[name]
         else:
             out[name] = fresh[name]
@@ -99,4 +111,4 @@ def reconcile(saved_spec_json: str, arrays: dict[str, np.ndarray],
     for k in arrays:
         if k.startswith("__"):
             out[k] = arrays[k]
-    return Reconciled(out, differs, added, dropped)
+    return Reconciled(out, differs, added, dropped, reset)
