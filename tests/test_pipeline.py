@@ -134,8 +134,11 @@ def test_udp_sender_restarting_its_clock_is_processed() -> None:
 
     ev, _ = render_scene(SceneConfig(kind="bars", width=64, height=48, duration_us=300_000,
                                      seed=5))
+    # pool 8 (the workload this test was written with; the daemon's default now pools this
+    # 64x48 sensor by 1, which slows the engine enough to lose the race noted in issue 10:
+    # a slow engine can miss the first session entirely)
     daemon = _daemon(**{"source.uri": "udp://127.0.0.1:0?geometry=64x48&until_end=1"
-                                      "&idle_timeout_s=5"})
+                                      "&idle_timeout_s=5", "model.pool": 8})
     p = daemon.pipeline
     result = {}
     runner = threading.Thread(target=lambda: result.update(m=p.run()))
