@@ -10,34 +10,50 @@ the ``prediction`` topic's count distribution) for the next horizon window Δ, p
 cell and polarity, against the counts that arrive, by the Poisson log-likelihood with the
 same floor m₀ = 0.01 for every predictor (``scoring.poisson_loglik``); nats per scored
 event. Streams are replayed in Δ-long batches through ``Network.step`` with the spec the
-daemon would use (pooling from the sensor size, ``spec.default_pool``); the first third of
-each stream is a warm-up and is not scored.
+daemon would use (pooling from the sensor size, ``spec.default_pool``). Only whole windows
+are replayed and scored: window k = [kΔ, (k + 1)Δ) counts if the stream's events reach to
+within 1 % of its end ((k + 1)Δ ≤ t_last + 1 + Δ/100, t from the first event), so that a
+recording ending inside a window does not add a half-empty window that every predictor
+over-forecasts. The first third of each stream is a warm-up: windows starting before
+(stream length)/3 are not scored.
 
 Baselines (all causal and online, updated after each scored window):
 
 * persistence: the last window's counts;
 * EMA: the exponential moving average of the counts, m ← (1 − β) m + β n, β = 1 − e^{−Δ/τ},
-  started at the first window's counts, for τ ∈ {5, 10, 20, 50, 100, 200, 500, 1000, 2000}
-  ms; the **best τ in hindsight** per stream (highest total log-likelihood over the scored
-  windows) is the baseline, so it is tuned on the very windows it is scored on;
+  bias-corrected at the start: after windows n_1 … n_k, m = Σ_j w_j n_j / Σ_j w_j with
+  w_j = (1 − β)^{k−j} (the running mean while k ≪ τ/Δ; starting at the first window's counts
+  instead would leave a long-τ EMA dominated by that one window for τ/Δ windows, which cost
+  0.05 nats/event on the still scene and 0.12 on the bars), for τ ∈ {5, 10, 20, 50, 100,
+  200, 500, 1000, 2000} ms; the **best τ in hindsight** per stream (highest total
+  log-likelihood over the scored windows) is the baseline, so it is tuned on the very
+  windows it is scored on;
 * RLS 3×3: a linear predictor of each cell's next count from the 3 × 3 neighbourhood of the
   last window's counts (same polarity, zero outside the grid) and a bias, weights shared by
   all cells (one per polarity, 10 weights), fitted by recursive least squares over all cells
-  with forgetting 0.999 per window (information matrix started at 0.01 I), clipped at 0.
+  with forgetting 0.999 per window (information matrix started at 0.01 I, i.e. P = 100 I),
+  clipped at 0: per polarity, P⁻¹ ← 0.999 P⁻¹ + XᵀX, b ← 0.999 b + Xᵀy, w = (P⁻¹)⁻¹ b, X the
+  (cells × 10) features of the previous window, y this window's counts.
 
 Statistics: the model's per-window log-likelihood is averaged over network seeds
 (``--seeds``, default 0 1 2); gains (model − baseline, nats per scored event) have 95 %
 confidence intervals from a paired moving-block bootstrap over windows (block length max(1,
-windows // 20), 2000 resamples, fixed RNG). Coverage: the randomised PIT of every cell's
-count under the published distribution read as a negative binomial
-(``augury.model.countdist``), share inside the central 90 % (0.90 when calibrated), over all
-cells (and, as a diagnostic, over cells whose forecast mean is ≥ 1: selected by the
-forecast, not by the outcome). Ablations (one seed each, gains vs the best EMA and vs the
-full model): no hierarchy term in the forecast unit and the shared forecaster
-(``forecast_hier=false``), a second belief layer (``layers=2``; the default is one), no
-lateral weights in the forecast unit (``forecast_lateral=false``), no averaging experts
-(``mix_taus_us=[]``), no shared linear forecaster (``mix_shared=false``), and the forecast
-unit alone (both off: what was published before the mixture).
+windows // 20), 2000 resamples, fixed RNG); no CI is given for a stream with fewer than
+``MIN_WINDOWS_CI`` (10) scored windows, where a bootstrap over windows means nothing. The
+RLS baseline's own gain over persistence is reported too (a check that the baseline is a
+real one). Coverage: the randomised PIT of every cell's count under the published
+distribution read as a negative binomial (``augury.model.countdist``), share inside the
+central 90 % (0.90 when calibrated), over all cells (and, as a diagnostic, over cells whose
+forecast mean is ≥ 1: selected by the forecast, not by the outcome; selecting by the
+outcome, e.g. m + n ≥ 1, drops the n = 0 outcomes of the low-mean cells and reads 0.67 for a
+calibrated forecast of sparse counts, ``tests/test_forecast_eval.py``). Ablations (one seed
+each, gains vs the best EMA and vs the full model; its gain over another baseline is about
+the model's plus its change vs the full model, seed 0): no hierarchy term in the forecast
+unit and the shared forecaster (``forecast_hier=false``), a second belief layer
+(``layers=2``; the default is one), no lateral weights in the forecast unit
+(``forecast_lateral=false``), no averaging experts (``mix_taus_us=[]``), no shared linear
+forecaster (``mix_shared=false``), and the forecast unit alone (both off: what was published
+before the mixture).
 
 The real recordings are every one in ``../shared/data`` that is not reserved, plus 10
 N-MNIST training digits back to back; ``evt3_sample.raw`` (8.8 ms) is shorter than one
@@ -93,6 +109,10 @@ ABLATIONS = {
                                                              "mix_shared": False},
 }
 QUICK = {"rotdisk": 1_500_000, "dvxplorer": None, "static": 1_500_000}
+MIN_WINDOWS_CI = 10
+"""Fewest scored windows for which a bootstrap CI is reported."""
+END_TOLERANCE = 0.01
+"""A window is whole if the stream's events reach to within this fraction of Δ of its end."""
 DOC = Path(__file__).resolve().parents[2] / "docs"
 
 
@@ -186,18 +206,45 @@ class Rls:
             self.w[p] = np.linalg.solve(self.info[p], self.xty[p])
 
 
+def ema_step(state: tuple[np.ndarray, float] | None, n: np.ndarray,
+             beta: float) -> tuple[np.ndarray, float]:
+    """One window of the bias-corrected EMA of counts: state (Σ_j w_j n_j, Σ_j w_j) with
+    w_j = (1 − β)^{age of window j}; the forecast is ``ema_mean(state)``. n: counts of any
+    shape."""
+    if state is None:
+        return n.astype(np.float64), 1.0
+    return (1.0 - beta) * state[0] + n, (1.0 - beta) * state[1] + 1.0
+
+
+def ema_mean(state: tuple[np.ndarray, float]) -> np.ndarray:
+    """The EMA's forecast (expected count), same shape as the counts."""
+    return state[0] / state[1]
+
+
+def whole_windows(ev: np.ndarray, d: int) -> int:
+    """Number of whole Δ = d µs windows in a stream (t from 0): those ending at most
+    ``END_TOLERANCE``·Δ after the last event."""
+    if not ev.size:
+        return 0
+    return int((int(ev["t"][-1]) + 1 + END_TOLERANCE * d) // d)
+
+
+def warmup_windows(nwin: int) -> int:
+    """Windows not scored: those starting before a third of the stream, ceil(nwin / 3)."""
+    return -(-nwin // 3)
+
+
 def replay(ev: np.ndarray, spec: ModelSpec, *, baselines: bool, seed_rng: int = 0) -> Trace:
-    """Run the network over the stream in Δ windows and score every predictor."""
+    """Run the network over the stream's whole Δ windows and score every predictor."""
     net = Network(spec)
     d = spec.horizon_us
-    t1 = (int(ev["t"][-1]) // d + 1) * d if ev.size else d
-    edges = np.arange(0, t1 + 1, d)
+    nwin = whole_windows(ev, d)
+    edges = np.arange(nwin + 1, dtype=np.int64) * d
     cuts = np.searchsorted(ev["t"], edges)
-    nwin = len(edges) - 1
-    warm = nwin // 3
+    warm = warmup_windows(nwin)
     rng = np.random.default_rng(seed_rng)
     tr = Trace()
-    emas: dict[int, np.ndarray] = {}
+    emas: dict[int, tuple[np.ndarray, float]] = {}
     rls = Rls()
     last = pred = pvar = None
     for i in range(nwin):
@@ -215,14 +262,13 @@ def replay(ev: np.ndarray, spec: ModelSpec, *, baselines: bool, seed_rng: int = 
                 tr.persistence.append(loglik_map(last, n, lf))
                 tr.rls.append(loglik_map(rls.predict(last), n, lf))
                 for tau in EMA_TAUS_MS:
-                    tr.ema[tau].append(loglik_map(emas[tau], n, lf))
+                    tr.ema[tau].append(loglik_map(ema_mean(emas[tau]), n, lf))
         if baselines:
             if last is not None:
                 rls.update(last, n)
             for tau in EMA_TAUS_MS:
                 beta = 1.0 - math.exp(-d / (tau * 1000.0))
-                emas[tau] = n.astype(np.float64) if tau not in emas else (
-                    (1.0 - beta) * emas[tau] + beta * n)
+                emas[tau] = ema_step(emas.get(tau), n, beta)
         last = n
         r = net.step(b)
         pred = r.count_mean.astype(np.float64)
@@ -233,9 +279,10 @@ def replay(ev: np.ndarray, spec: ModelSpec, *, baselines: bool, seed_rng: int = 
 def block_bootstrap(diff: np.ndarray, events: np.ndarray, *, n_boot: int = 2000,
                     seed: int = 0) -> tuple[float, float]:
     """95 % CI of Σ diff / Σ events by a moving-block bootstrap over windows (paired: diff is
-    model − baseline per window). Block length max(1, len // 20)."""
+    model − baseline per window). Block length max(1, len // 20); (nan, nan) below
+    ``MIN_WINDOWS_CI`` windows."""
     n = diff.size
-    if n < 2:
+    if n < MIN_WINDOWS_CI:
         return (float("nan"), float("nan"))
     blk = max(1, n // 20)
     starts_max = n - blk + 1
@@ -263,7 +310,7 @@ def evaluate_stream(name: str, *, seeds: list[int], overrides: dict[str, object]
     span_us = int(ev["t"][-1]) + 1 if ev.size else 0
     out: dict[str, object] = {"stream": name, "geometry": f"{w}x{h}", "pool": spec0.pool,
                               "span_s": span_us / 1e6, "events": int(ev.size)}
-    if span_us < 3 * spec0.horizon_us:
+    if whole_windows(ev, spec0.horizon_us) < 3:
         out["too_short"] = True
         return out
     traces = [replay(ev, ModelSpec.from_dict({**spec0.to_dict(), "seed": s}),
@@ -279,6 +326,7 @@ def evaluate_stream(name: str, *, seeds: list[int], overrides: dict[str, object]
         "vs_persistence": gain(model, np.array(base.persistence), events),
         "vs_best_ema": gain(model, np.array(base.ema[best]), events),
         "vs_rls": gain(model, np.array(base.rls), events),
+        "rls_vs_persistence": gain(np.array(base.rls), np.array(base.persistence), events),
         "coverage90": float(np.mean([coverage90(np.concatenate(t.pit_all)) for t in traces])),
         "coverage90_busy": float(np.mean([coverage90(np.concatenate(t.pit_busy))
                                           for t in traces])),
@@ -300,25 +348,34 @@ def evaluate_stream(name: str, *, seeds: list[int], overrides: dict[str, object]
 
 
 def _ci(g: dict[str, float]) -> str:
+    if math.isnan(g["lo"]):
+        return f"{g['gain']:+.3f} (no CI)"
     return f"{g['gain']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]"
+
+
+def _num(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.3f}"
 
 
 def table(results: list[dict[str, object]]) -> str:
     """The Markdown tables of a run."""
-    rows = ["| stream | sensor, pool | windows | vs persistence | vs best EMA (τ) | vs RLS 3×3 "
+    rows = ["| stream | sensor, pool | windows | events scored | vs persistence "
+            "| vs best EMA (τ) | vs RLS 3×3 | RLS vs persistence "
             "| 90 % coverage (all / m ≥ 1) | predicted/actual |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     abl_rows = ["| stream | ablation | vs best EMA | change vs full model |",
                 "|---|---|---:|---:|"]
     for r in results:
         if r.get("too_short"):
-            rows.append(f"| {r['stream']} | {r['geometry']}, {r['pool']} | — | too short "
-                        f"({r['span_s'] * 1e3:.1f} ms < 3 windows) | | | | |")
+            rows.append(f"| {r['stream']} | {r['geometry']}, {r['pool']} | — | — | too short "
+                        f"({r['span_s'] * 1e3:.1f} ms < 3 windows) | | | | | |")
             continue
         rows.append(
             f"| {r['stream']} | {r['geometry']}, {r['pool']} | {r['windows']} | "
-            f"{_ci(r['vs_persistence'])} | {_ci(r['vs_best_ema'])} ({r['best_ema_tau_ms']} ms)"
-            f" | {_ci(r['vs_rls'])} | {r['coverage90']:.3f} / {r['coverage90_busy']:.3f} | "
+            f"{r['events_scored']:,} | {_ci(r['vs_persistence'])} | "
+            f"{_ci(r['vs_best_ema'])} ({r['best_ema_tau_ms']} ms) | {_ci(r['vs_rls'])} | "
+            f"{_ci(r['rls_vs_persistence'])} | "
+            f"{_num(r['coverage90'])} / {_num(r['coverage90_busy'])} | "
             f"{r['pred_over_actual']:.3f} |")
         for label, a in r.get("ablations", {}).items():
             abl_rows.append(f"| {r['stream']} | {label} | {_ci(a['vs_best_ema'])} | "
@@ -345,7 +402,8 @@ def figure(results: list[dict[str, object]], path: Path) -> None:
         g = np.array([r[key]["gain"] for r in rs])
         lo = np.array([r[key]["lo"] for r in rs])
         hi = np.array([r[key]["hi"] for r in rs])
-        ax.errorbar(x, g, yerr=[g - lo, hi - g], fmt="o", capsize=3, label=label)
+        err = np.nan_to_num(np.array([g - lo, hi - g]))  # no CI: a bare point
+        ax.errorbar(x, g, yerr=err, fmt="o", capsize=3, label=label)
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(rs)), [r["stream"] for r in rs], rotation=20)
     ax.set_yscale("symlog", linthresh=0.1)
@@ -368,8 +426,9 @@ def write_docs(text: str, held_out: bool = False) -> None:
     fig = "" if held_out else "![forecast evaluation](figures/forecast_eval.png)\n\n"
     block = (f"{begin}\nCommand: `python -m tools.experiments.{cmd}`\n\n"
              f"{fig}{text}\n\nGains in nats "
-             "per scored event with 95 % paired block-bootstrap CIs; coverage is the share "
-             "of randomised-PIT values in the central 90 %.\n" + end)
+             "per scored event with 95 % paired block-bootstrap CIs (none below "
+             f"{MIN_WINDOWS_CI} scored windows); coverage is the share of randomised-PIT "
+             "values in the central 90 %.\n" + end)
     if begin in doc:
         doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
     else:
@@ -394,18 +453,26 @@ def run(*, quick: bool, seeds: list[int], streams: list[str] | None,
     return results
 
 
+def _r4(x: float) -> float | None:
+    """Rounded for the JSON line; None for nan (JSON has no NaN)."""
+    return None if math.isnan(x) else round(float(x), 4)
+
+
 def headline(results: list[dict[str, object]]) -> dict[str, object]:
+    """Per stream: the gains, their CI bounds, the coverage and the best EMA's τ."""
+    keys = ("vs_persistence", "vs_best_ema", "vs_rls")
     out: dict[str, object] = {}
     for r in results:
         if r.get("too_short"):
             out[str(r["stream"])] = "too_short"
             continue
         out[str(r["stream"])] = {
-            **{k: round(r[k]["gain"], 4) for k in ("vs_persistence", "vs_best_ema", "vs_rls")},
-            **{f"{k}_lo": round(r[k]["lo"], 4) for k in ("vs_persistence", "vs_best_ema",
-                                                          "vs_rls")},
-            "coverage90": round(float(r["coverage90"]), 4),
-            "best_ema_tau_ms": r["best_ema_tau_ms"]}
+            **{k: _r4(r[k]["gain"]) for k in keys},
+            **{f"{k}_lo": _r4(r[k]["lo"]) for k in keys},
+            **{f"{k}_hi": _r4(r[k]["hi"]) for k in keys},
+            "coverage90": _r4(r["coverage90"]),
+            "coverage90_busy": _r4(r["coverage90_busy"]),
+            "best_ema_tau_ms": r["best_ema_tau_ms"], "windows": r["windows"]}
     return out
 
 
