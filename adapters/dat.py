@@ -26,9 +26,12 @@ import numpy as np
 from augury.adapters.base import Chunk, EventSource
 from augury.adapters.files import (
     DEFAULT_CHUNK_EVENTS,
+    PLAUSIBLE_RECORDS,
     RecordLayout,
     Unroll,
     check_options,
+    check_plausible,
+    checked_geometry,
     pack_columns,
     parse_geometry,
     parse_int,
@@ -45,6 +48,8 @@ DAT_EVENT_TYPES = {0x00: "Event2D (TD)", 0x0C: "EventCD"}
 """Event types whose 8-byte layout is t + (x, y, p) address."""
 
 _MAX_HEADER_LINE = 1 << 16
+_MAX_HEADER_BYTES = 1 << 20
+"""Longest DAT header accepted (bytes); real headers are a few hundred bytes."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +78,17 @@ def read_dat_header(path: str | Path) -> DatHeader:
     with open(p, "rb") as f:
         while f.peek(1)[:1] == b"%":
             start = f.tell()
+            if start >= _MAX_HEADER_BYTES:
+                raise EventFormatError(f"DAT header longer than {_MAX_HEADER_BYTES} bytes",
+                                       source=src, offset=start)
             raw = f.readline(_MAX_HEADER_LINE)
             if not raw.endswith(b"\n"):
                 raise EventFormatError("DAT header line ('%') is not terminated by a newline",
                                        source=src, offset=start)
+            bad = _control_byte(raw)
+            if bad is not None:
+                raise EventFormatError(f"DAT header line holds the control byte "
+                                       f"0x{raw[bad]:02X}", source=src, offset=start + bad)
             lines.append(raw.decode("latin-1").rstrip("\r\n"))
         type_offset = f.tell()
         type_size = f.read(2)
@@ -91,8 +103,15 @@ def read_dat_header(path: str | Path) -> DatHeader:
         known = ", ".join(f"0x{k:02X} {v}" for k, v in DAT_EVENT_TYPES.items())
         raise EventFormatError(f"unsupported DAT event type 0x{ev_type:02X} (supported: {known})",
                                source=src, offset=type_offset)
-    return DatHeader(tuple(lines), _header_geometry(lines), ev_type,
+    return DatHeader(tuple(lines), _header_geometry(lines, src), ev_type,
                      record_layout(size, type_offset + 2, 8))
+
+
+def _control_byte(raw: bytes) -> int | None:
+    """Index of the first control byte (not tab, CR or the final LF) of a header line."""
+    body = np.frombuffer(raw[:-1] if raw.endswith(b"\n") else raw, dtype=np.uint8)
+    bad = np.flatnonzero(((body < 0x20) & (body != 0x09) & (body != 0x0D)) | (body == 0x7F))
+    return int(bad[0]) if bad.size else None
 
 
 _WIDTH_RE = re.compile(r"(?:^%\s*width\s*[:=]?\s*|[;\s]width=)(\d+)", re.IGNORECASE)
@@ -102,8 +121,12 @@ _HEIGHT_RE = re.compile(r"(?:^%\s*height\s*[:=]?\s*|[;\s]height=)(\d+)", re.IGNO
 _GEOMETRY_RE = re.compile(r"^%\s*geometry\s*[:=]?\s*(\d+)\s*x\s*(\d+)", re.IGNORECASE)
 
 
-def _header_geometry(lines: list[str]) -> SensorGeometry | None:
-    """Width/height from '% Width W' + '% Height H', '% geometry WxH' or 'width=W;height=H'."""
+def _header_geometry(lines: list[str], source: str = "") -> SensorGeometry | None:
+    """Width/height from '% Width W' + '% Height H', '% geometry WxH' or 'width=W;height=H'.
+
+    None if the header names neither; EventFormatError (naming the field) if it names only
+    one of them, or a side outside 1..MAX_SENSOR_SIDE (e.g. '% Width 0').
+    """
     width = height = None
     for ln in lines:
         mg = _GEOMETRY_RE.search(ln)
@@ -112,16 +135,24 @@ def _header_geometry(lines: list[str]) -> SensorGeometry | None:
         mw, mh = _WIDTH_RE.search(ln), _HEIGHT_RE.search(ln)
         width = int(mw.group(1)) if mw and width is None else width
         height = int(mh.group(1)) if mh and height is None else height
-    if width and height:
-        return SensorGeometry(width, height)
-    return None
+    if width is None and height is None:
+        return None
+    if width is None or height is None:
+        given, missing = ("Height", "Width") if width is None else ("Width", "Height")
+        raise EventFormatError(f"the header gives '% {given}' but no '% {missing}'",
+                               source=source)
+    return checked_geometry(width, height, source=source,
+                            what="header fields '% Width' / '% Height' (or '% geometry')")
 
 
 class DatSource(EventSource):
     """Events of a Prophesee DAT file, read ``chunk_events`` at a time by expelliarmus.
 
-    Geometry: the ``geometry`` option, else the header's width/height, else ATIS 304×240.
-    Timestamps are 32-bit µs in the file and unrolled here (wraps after 71.6 min).
+    Geometry: the ``geometry`` option, else the header's width/height, else ATIS 304×240
+    (a header giving only one side, or a side outside 1..MAX_SENSOR_SIDE, is refused).
+    Timestamps are 32-bit µs in the file and unrolled here (wraps after 71.6 min). The first
+    PLAUSIBLE_RECORDS events are checked at open (``check_plausible``): a file that is
+    mostly not DAT events is refused with its offset.
     """
 
     format = "DAT"
@@ -134,6 +165,11 @@ class DatSource(EventSource):
         self.header = read_dat_header(self.path)
         self.geometry = geometry or self.header.geometry or ATIS_GEOMETRY
         self.chunk_events = chunk_events
+        for first in _numpy_blocks(self.path, self.header.layout, PLAUSIBLE_RECORDS):
+            t, _ = unroll_u32(first["t"], None)
+            check_plausible(t, first["x"], first["y"], first["p"], self.geometry,
+                            source=self.uri, offset=self.header.layout.data_offset, fmt="DAT")
+            break
 
     def chunks(self) -> Iterator[Chunk]:
         layout = self.header.layout

@@ -44,6 +44,7 @@ from typing import BinaryIO
 import numpy as np
 from numba import njit
 
+from augury.adapters.files import checked_geometry
 from augury.events import (
     EVENT_DTYPE,
     EventFormatError,
@@ -173,13 +174,18 @@ def _geometry_from_fields(f: dict[str, str], source: str) -> SensorGeometry | No
             m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", f["geometry"])
             if m is None:
                 raise ValueError(f"bad geometry {f['geometry']!r}")
-            return SensorGeometry(int(m.group(1)), int(m.group(2)))
+            return checked_geometry(int(m.group(1)), int(m.group(2)), source=source,
+                                    what="header field '% geometry'")
         if "format" in f:
             kv = _format_params(f["format"])[1]
             if "width" in kv and "height" in kv:
-                return SensorGeometry(int(kv["width"]), int(kv["height"]))
+                return checked_geometry(int(kv["width"]), int(kv["height"]), source=source,
+                                        what="header field '% format ...;width=;height='")
         if "width" in f and "height" in f:
-            return SensorGeometry(int(f["width"]), int(f["height"]))
+            return checked_geometry(int(f["width"]), int(f["height"]), source=source,
+                                    what="header fields '% width' and '% height'")
+    except EventFormatError:
+        raise
     except ValueError as exc:
         raise EventFormatError(f"header geometry is not valid: {exc}", source=source) from exc
     names = " ".join(f.get(k, "") for k in ("plugin_name", "sensor_name", "sensor_generation"))

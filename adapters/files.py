@@ -107,18 +107,48 @@ def open_file(path: str | Path, **opts: Any) -> EventSource:
 _GEOMETRY_RE = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
 
 
-def parse_geometry(value: Any) -> SensorGeometry | None:
-    """A SensorGeometry from None, a SensorGeometry, "640x480" / "640,480" or (640, 480)."""
-    if value is None or isinstance(value, SensorGeometry):
+MAX_SENSOR_SIDE = 8192
+"""Largest sensor width or height a file (or the ``geometry`` option) may declare, in pixels.
+
+The largest sensors the readers know are 1280×720 (Prophesee Gen4.1 / IMX636) and 640×480
+(DAVIS640, Gen3); 8192 leaves room for future sensors while refusing headers such as
+``% geometry 65535x65535``, which would make the model allocate gigabytes per map."""
+
+
+def checked_geometry(width: int, height: int, *, source: str = "",
+                     what: str = "geometry") -> SensorGeometry:
+    """SensorGeometry(width, height), or EventFormatError naming ``source`` and ``what``.
+
+    Both sides must be in 1..MAX_SENSOR_SIDE; ``what`` names the header field or option the
+    values came from (e.g. "header field '% Width'").
+    """
+    if not (0 < width <= MAX_SENSOR_SIDE and 0 < height <= MAX_SENSOR_SIDE):
+        raise EventFormatError(f"{what} gives a sensor of {width}x{height} pixels; each side "
+                               f"must be in 1..{MAX_SENSOR_SIDE}", source=source)
+    return SensorGeometry(width, height)
+
+
+def parse_geometry(value: Any, *, source: str = "",
+                   what: str = "option geometry") -> SensorGeometry | None:
+    """A SensorGeometry from None, a SensorGeometry, "640x480" / "640,480" or (640, 480).
+
+    Raises ValueError for a malformed value, EventFormatError (a ValueError naming ``source``
+    and ``what``) for a side outside 1..MAX_SENSOR_SIDE.
+    """
+    if value is None:
         return value
-    if isinstance(value, str):
+    if isinstance(value, SensorGeometry):
+        width, height = value.width, value.height
+    elif isinstance(value, str):
         m = _GEOMETRY_RE.match(value)
         if m is None:
             raise ValueError(f"geometry must look like '640x480', got {value!r}")
-        return SensorGeometry(int(m.group(1)), int(m.group(2)))
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return SensorGeometry(int(value[0]), int(value[1]))
-    raise ValueError(f"geometry must be 'WIDTHxHEIGHT' or (width, height), got {value!r}")
+        width, height = int(m.group(1)), int(m.group(2))
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        width, height = int(value[0]), int(value[1])
+    else:
+        raise ValueError(f"geometry must be 'WIDTHxHEIGHT' or (width, height), got {value!r}")
+    return checked_geometry(width, height, source=source, what=what)
 
 
 def parse_int(value: Any, name: str, *, minimum: int = 1) -> int:
@@ -240,6 +270,44 @@ def pack_columns(
     return make_events(t, x, y, p), n_bad
 
 
+PLAUSIBLE_RECORDS = 4096
+"""Records decoded at open to check that the content matches the format (see below)."""
+
+MAX_STEP_US = 1 << 26
+"""Largest forward time step between consecutive records counted as plausible (≈67 s)."""
+
+
+def check_plausible(t: np.ndarray, x: np.ndarray, y: np.ndarray, p: np.ndarray,
+                    geometry: SensorGeometry, *, source: str, offset: int, fmt: str) -> None:
+    """Refuse a file whose first records are mostly not events of ``fmt``.
+
+    ``t, x, y, p`` (n,) integer columns of the first (up to PLAUSIBLE_RECORDS) decoded events,
+    t unrolled in µs. A record is implausible if it lies outside ``geometry``, has a polarity
+    outside {0, 1}, goes back in time or jumps more than MAX_STEP_US forward. Real recordings
+    have almost none; bytes of another format (a ``.raw`` renamed ``.bin``, a header misread
+    as data) have mostly such records. Raises EventFormatError naming the file and ``offset``
+    (the first record's byte offset) when more than half of at least 16 records are
+    implausible, or when the file holds no record at all (n == 0 and nothing else counted).
+    """
+    n = int(np.asarray(t).size)
+    if n < 16:
+        return
+    t64 = np.asarray(t, dtype=np.int64)
+    x64 = np.asarray(x, dtype=np.int64)
+    y64 = np.asarray(y, dtype=np.int64)
+    p64 = np.asarray(p, dtype=np.int64)
+    bad = ((x64 < 0) | (x64 >= geometry.width) | (y64 < 0) | (y64 >= geometry.height)
+           | ((p64 != 0) & (p64 != 1)) | (t64 < 0))
+    step = np.diff(t64)
+    bad[1:] |= (step < 0) | (step > MAX_STEP_US)
+    n_bad = int(np.count_nonzero(bad))
+    if 2 * n_bad > n:
+        raise EventFormatError(f"not a {fmt} file, or a corrupt one: {n_bad} of the first {n} "
+                               f"records lie outside the {geometry} sensor, have a bad "
+                               f"polarity, go back in time or jump by more than "
+                               f"{MAX_STEP_US} µs", source=source, offset=offset)
+
+
 # -- NumPy files ------------------------------------------------------------------------------
 
 
@@ -248,9 +316,13 @@ def _npz_geometry(npz: Any, source: str) -> SensorGeometry | None:
     try:
         if "geometry" in npz.files:
             g = npz["geometry"]
-            return parse_geometry(str(g) if g.dtype.kind in "US" else g.ravel().tolist())
+            return parse_geometry(str(g) if g.dtype.kind in "US" else g.ravel().tolist(),
+                                  source=source, what="field 'geometry'")
         if "width" in npz.files and "height" in npz.files:
-            return SensorGeometry(int(npz["width"]), int(npz["height"]))
+            return checked_geometry(int(npz["width"]), int(npz["height"]), source=source,
+                                    what="fields 'width' and 'height'")
+    except EventFormatError:
+        raise
     except (ValueError, TypeError) as exc:
         raise EventFormatError(f"bad geometry field: {exc}", source=source) from None
     return None
@@ -417,7 +489,7 @@ class TextSource(EventSource):
         self.uri = str(self.path)
         self.chunk_events = chunk_events
         first = _first_lines(self.path)
-        stored = _text_header_geometry(first)
+        stored = _text_header_geometry(first, self.uri)
         geometry = geometry or stored
         if geometry is None:
             raise EventFormatError("no sensor geometry: add a first line '# WIDTH HEIGHT' or "
@@ -450,13 +522,15 @@ def _first_lines(path: Path, limit: int = 64) -> list[bytes]:
     return out
 
 
-def _text_header_geometry(lines: list[bytes]) -> SensorGeometry | None:
+def _text_header_geometry(lines: list[bytes], source: str = "") -> SensorGeometry | None:
+    """Geometry of a first line '# WIDTH HEIGHT' (capped at MAX_SENSOR_SIDE), else None."""
     if not lines:
         return None
     m = _HEADER_GEOMETRY_RE.match(lines[0].decode("utf-8", "replace").strip())
     if m is None:
         return None
-    return SensorGeometry(int(m.group(1)), int(m.group(2)))
+    return checked_geometry(int(m.group(1)), int(m.group(2)), source=source,
+                            what="header line '# WIDTH HEIGHT'")
 
 
 def _guess_time_unit(lines: list[bytes]) -> str:

@@ -9,7 +9,9 @@ Format (Orchard et al. 2015; the same binary serves N-Caltech101): 5 bytes per e
 A record with y == 240 is a timestamp-overflow marker from the ATIS camera: it is not an event
 (counted in ``others``) and adds 2¹³ µs to every later timestamp. Geometry is 34×34 by the
 dataset's definition (the ``geometry`` option overrides, e.g. 240x180 for N-Caltech101).
-A trailing partial record is counted as malformed.
+A trailing partial record is counted as malformed. The format has no header, so the content
+is checked at open: an empty file, another format's signature (a ``.raw`` renamed ``.bin``)
+or first records that are mostly invalid are refused with an EventFormatError.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import numpy as np
 from augury.adapters.base import Chunk, EventSource
 from augury.adapters.files import (
     DEFAULT_CHUNK_EVENTS,
+    PLAUSIBLE_RECORDS,
     check_options,
+    check_plausible,
     pack_columns,
     parse_geometry,
     parse_int,
@@ -38,6 +42,17 @@ NMNIST_GEOMETRY = SensorGeometry(34, 34)
 
 NMNIST_RECORD = np.dtype([("x", "u1"), ("y", "u1"), ("b2", "u1"), ("b3", "u1"), ("b4", "u1")])
 """One 5-byte N-MNIST record."""
+
+_OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"% ", "Prophesee RAW/DAT ('% ' text header; suffix .raw or .dat)"),
+    (b"#!AER-DAT", "AEDAT (suffix .aedat or .aedat4)"),
+    (b"\x93NUMPY", "NumPy .npy"),
+    (b"PK\x03\x04", "zip / NumPy .npz"),
+)
+"""Signatures of other formats: an N-MNIST file starting with one of them is refused ('% '
+only when a whole printable text line follows, since it is also a record at x=37, y=32)."""
+
+_TEXT_LINE = re.compile(rb"% [\x20-\x7e\t]{0,4096}\r?\n")
 
 OVERFLOW_Y = 240
 """y value of a timestamp-overflow marker record."""
@@ -81,6 +96,32 @@ class NmnistSource(EventSource):
         self.chunk_events = chunk_events
         self.layout = record_layout(self.path.stat().st_size, 0, NMNIST_RECORD.itemsize)
         self.others = 0
+        self._check_content()
+
+    def _check_content(self) -> None:
+        """Refuse an empty file, another format's magic, or records that are mostly invalid.
+
+        N-MNIST has no header, so the content is checked: the file must hold at least one
+        whole record, must not start with the signature of another format the project reads
+        (a Prophesee ``.raw``/``.dat`` '%' header, AEDAT '#!AER-DAT', NumPy, zip), and the
+        first PLAUSIBLE_RECORDS records must pass ``check_plausible``.
+        """
+        if self.layout.count == 0:
+            raise EventFormatError(f"empty N-MNIST file: {self.layout.trailing_bytes} bytes, "
+                                   f"less than one {NMNIST_RECORD.itemsize}-byte record",
+                                   source=self.uri, offset=0)
+        with open(self.path, "rb") as f:
+            head = f.read(NMNIST_RECORD.itemsize * PLAUSIBLE_RECORDS)
+        for magic, name in _OTHER_FORMATS:
+            if head.startswith(magic) and (magic != b"% " or _TEXT_LINE.match(head)):
+                raise EventFormatError(f"this is not N-MNIST: it starts like a {name} file "
+                                       f"({magic!r}); rename it to the matching suffix",
+                                       source=self.uri, offset=0)
+        n = len(head) // NMNIST_RECORD.itemsize
+        rec = np.frombuffer(head[:n * NMNIST_RECORD.itemsize], dtype=NMNIST_RECORD)
+        is_event, t, x, y, p, _ = decode_nmnist(rec, 0)
+        check_plausible(t[is_event], x[is_event], y[is_event], p[is_event], self.geometry,
+                        source=self.uri, offset=0, fmt="N-MNIST")
 
     def chunks(self) -> Iterator[Chunk]:
         overflows = 0

@@ -25,6 +25,7 @@ from augury.adapters.evt import (
     RawHeader,
     read_raw_header,
 )
+from augury.adapters.files import checked_geometry
 from augury.events import Counters, SensorGeometry, empty_events
 
 
@@ -100,16 +101,17 @@ _INT_OPTIONS = ("chunk_bytes", "reorder_window_us")
 
 
 def _parse_geometry(value: Any) -> SensorGeometry:
-    """SensorGeometry, (width, height) or "WxH" -> SensorGeometry."""
+    """SensorGeometry, (width, height) or "WxH" -> SensorGeometry (sides ≤ MAX_SENSOR_SIDE)."""
     if isinstance(value, SensorGeometry):
-        return value
-    if isinstance(value, str):
+        width, height = value.width, value.height
+    elif isinstance(value, str):
         m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
         if m is None:
             raise ValueError(f"geometry must look like 640x480, got {value!r}")
-        return SensorGeometry(int(m.group(1)), int(m.group(2)))
-    width, height = value
-    return SensorGeometry(int(width), int(height))
+        width, height = int(m.group(1)), int(m.group(2))
+    else:
+        width, height = (int(v) for v in value)
+    return checked_geometry(width, height, what="option geometry")
 
 
 def open_raw(path: str | os.PathLike[str], **opts: Any) -> RawFileSource:

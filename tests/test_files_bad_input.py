@@ -3,6 +3,7 @@ skipped; never a crash, a hang or an invalid event reaching the caller."""
 
 from __future__ import annotations
 
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from augury.adapters import aedat as aedat_mod
+from augury.adapters.evt import read_raw_header
 from augury.adapters.files import open_file
 from augury.adapters.nmnist import read_nmnist_labels
 from augury.events import EVENT_DTYPE, EventFormatError, SensorGeometry
@@ -364,3 +366,81 @@ def test_text_layout_edge_cases(tmp_path: Path) -> None:
         path.write_bytes(blob)
         with pytest.raises(EventFormatError, match=msg):
             open_file(path).read_all()
+
+
+# -- issue 10, defect 7: regressions ------------------------------------------------------------
+# Each test names the defect it guards; each failed before its fix.
+
+
+def _need_data() -> None:
+    if not DATA.is_dir():
+        pytest.skip(f"real recordings not found at {DATA}")
+
+
+def test_absurd_geometry_refused(tmp_path: Path) -> None:
+    """Defect 7: `% geometry 65535x65535` was accepted and the run grew past 3 GB. Every
+    header, stored field or option giving a side above MAX_SENSOR_SIDE is refused, naming
+    the file and the field; 1280x720 (the largest supported sensor) is accepted."""
+    from augury.adapters.files import MAX_SENSOR_SIDE
+
+    assert MAX_SENSOR_SIDE == 8192
+    raw_ok = tmp_path / "ok.raw"
+    raw_ok.write_bytes(b"% evt 3.0\n% geometry 1280x720\n% end\n" + bytes(64))
+    assert open_file(raw_ok).geometry == SensorGeometry(1280, 720)
+    cases = {
+        "g.raw": (b"% evt 3.0\n% geometry 65535x65535\n% end\n" + bytes(64),
+                  r"header field '% geometry' gives a sensor of 65535x65535"),
+        "f.raw": (b"% evt 2.0\n% format EVT2;height=720;width=9000\n% end\n" + bytes(64),
+                  r"header field '% format ...;width=;height=' gives a sensor of 9000x720"),
+        "g.dat": (_dat([(1, 1, 1, 1)], header=b"% Version 2\n% geometry 65535x65535\n"),
+                  r"header fields '% Width' / '% Height' \(or '% geometry'\) gives a sensor of "
+                  r"65535x65535"),
+        "g.txt": (b"# 10000 10\n1 2 3 1\n", r"header line '# WIDTH HEIGHT' gives a sensor"),
+    }
+    for name, (blob, msg) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(blob)
+        with pytest.raises(EventFormatError, match=rf"{re.escape(str(path))}: {msg}"):
+            open_file(path)
+    with pytest.raises(ValueError, match=r"option geometry gives a sensor of 8193x10"):
+        open_file(raw_ok, geometry="8193x10")
+
+
+def test_dat_width_zero_or_missing_refused(tmp_path: Path) -> None:
+    """Defect 7: DAT `% Width 0` silently fell back to 304x240; now refused, naming the
+    field. A header giving only one of Width/Height is refused too."""
+    cases = {
+        "w0.dat": (b"% Width 0\n% Height 240\n", r"header fields '% Width' / '% Height'.* gives "
+                                                 r"a sensor of 0x240 pixels"),
+        "h0.dat": (b"% Width 640\n% Height 0\n", r"header fields .* gives a sensor of 640x0"),
+        "wonly.dat": (b"% Width 640\n", r"the header gives '% Width' but no '% Height'"),
+    }
+    for name, (header, msg) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(_dat([(1, 1, 1, 1)], header=b"% Version 2\n" + header))
+        with pytest.raises(EventFormatError, match=rf"{name}: {msg}"):
+            open_file(path)
+
+
+def test_nmnist_content_checked(tmp_path: Path) -> None:
+    """Defect 7: a .raw renamed .bin was read as N-MNIST (431,279 events "dropped", exit 0)
+    and an empty .bin gave 0 events. Both are refused, as is a .bin of random bytes; a real
+    N-MNIST sample still reads."""
+    _need_data()
+    renamed = tmp_path / "evt3_sample.bin"
+    renamed.write_bytes((DATA / "prophesee" / "evt3_sample.raw").read_bytes())
+    with pytest.raises(EventFormatError, match=r"evt3_sample\.bin at byte offset 0: this is "
+                                               r"not N-MNIST: it starts like a Prophesee RAW"):
+        open_file(renamed)
+    headless = tmp_path / "headless.bin"  # the .raw's event words without their header
+    raw = (DATA / "prophesee" / "evt3_sample.raw").read_bytes()
+    headless.write_bytes(raw[read_raw_header(DATA / "prophesee" / "evt3_sample.raw")
+                             .data_offset:])
+    with pytest.raises(EventFormatError, match=r"headless\.bin at byte offset 0: not a "
+                                               r"N-MNIST file, or a corrupt one"):
+        open_file(headless)
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    with pytest.raises(EventFormatError, match=r"empty\.bin at byte offset 0: empty N-MNIST"):
+        open_file(empty)
+    assert open_file(DATA / "nmnist" / "sample_nmnist.bin").read_all().size == 4325
