@@ -3,8 +3,11 @@ skipped; never a crash, a hang or an invalid event reaching the caller."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -375,6 +378,154 @@ def test_text_layout_edge_cases(tmp_path: Path) -> None:
 def _need_data() -> None:
     if not DATA.is_dir():
         pytest.skip(f"real recordings not found at {DATA}")
+
+
+def _read_in_child(path: Path, opts: dict[str, object], env_extra: dict[str, str] | None = None,
+                   timeout_s: float = 60.0) -> tuple[int, str]:
+    """Read ``path`` with open_file in a child Python: (exit status, stdout + stderr).
+
+    The child prints ``EventFormatError: <message>`` for a refused file and ``OK <n>``
+    otherwise. A reader that crashes or hangs the interpreter shows up as a negative status
+    or as a timeout (exit status -999) instead of taking the test run down.
+    """
+    code = ("import sys; from augury.adapters.files import open_file\n"
+            "from augury.events import EventFormatError\n"
+            f"opts = {opts!r}\n"
+            "try:\n"
+            "    print('OK', open_file(sys.argv[1], **opts).read_all().size)\n"
+            "except EventFormatError as exc:\n"
+            "    print('EventFormatError:', exc)\n")
+    env = dict(os.environ)
+    for key, value in (env_extra or {}).items():
+        env[key] = value + (os.pathsep + env[key] if env.get(key) else "")
+    try:
+        res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                             text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return -999, "timeout"
+    return res.returncode, res.stdout + res.stderr
+
+
+def _mutated_aedat4(tmp_path: Path, offset: int, old: int, new: int) -> Path:
+    blob = bytearray((DATA / "inivation" / "dvxplorer_sample.aedat4").read_bytes())
+    assert blob[offset] == old  # the recording is the one the mutation was found on
+    blob[offset] = new
+    path = tmp_path / f"mut_{offset}.aedat4"
+    path.write_bytes(bytes(blob))
+    return path
+
+
+@pytest.mark.parametrize(("offset", "old", "new", "how"), [
+    (741932, 0, 26, r"crashed \(SIGSEGV\)"),         # dv-processing 2.0: segmentation fault
+    (819719, 64, 76, r"made no progress for 3 s"),    # dv-processing 2.0: endless loop
+])
+def test_aedat4_dv_crash_and_hang_are_contained(tmp_path: Path, offset: int, old: int,
+                                                new: int, how: str) -> None:
+    """Defect 7: a one-byte mutation of dvxplorer_sample.aedat4 killed or hung the process
+    with ``?backend=dv``; now the decoder runs in a child with a timeout and the file is
+    refused, naming it and the offset of the packet holding the mutation."""
+    _need_data()
+    if "dv" not in aedat_mod.available_aedat4_backends():
+        pytest.skip("dv-processing is not installed")
+    path = _mutated_aedat4(tmp_path, offset, old, new)
+    rc, out = _read_in_child(path, {"backend": "dv", "timeout_s": 3})
+    assert rc == 0, out
+    assert "EventFormatError" in out and str(path) in out and re.search(how, out), out
+    at = int(re.search(r"at byte offset (\d+)", out).group(1))  # type: ignore[union-attr]
+    layout = aedat_mod.read_aedat4_layout(path).packets
+    row = layout[layout[:, 0] == at]
+    assert row.shape[0] == 1 and at <= offset < at + 8 + row[0, 2]  # the mutated packet
+
+
+def test_aedat4_library_abort_is_contained(tmp_path: Path) -> None:
+    """Defect 7: a SIGABRT inside the aedat (Rust) library ended the whole process. A stand-in
+    ``aedat`` module that aborts while decoding must give a clear error, not kill the caller."""
+    _need_data()
+    if "aedat" not in aedat_mod.available_aedat4_backends():
+        pytest.skip("the aedat package is not installed")
+    fake = tmp_path / "fake" / "aedat"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os\n"
+        "class Decoder:\n"
+        "    def __init__(self, path):\n"
+        "        self.path = path\n"
+        "    def id_to_stream(self):\n"
+        "        return {0: {'type': 'events', 'width': 320, 'height': 240}}\n"
+        "    def __iter__(self):\n"
+        "        os.abort()\n"
+        "        yield {}\n")
+    rc, out = _read_in_child(DATA / "inivation" / "dvxplorer_sample.aedat4",
+                             {"backend": "aedat", "timeout_s": 10},
+                             env_extra={"PYTHONPATH": str(fake.parent)})
+    assert rc == 0, out
+    assert re.search(r"dvxplorer_sample\.aedat4 at byte offset \d+: AEDAT 4\.0 decoder "
+                     r"\(aedat\) crashed \(SIGABRT\)", out), out
+
+
+def test_aedat4_framing_checked_before_any_decoder(tmp_path: Path) -> None:
+    """Defect 7: packet headers, the IOHeader and the stream geometry are checked in Python,
+    so a broken frame is refused at open with the offset of the bad packet/header."""
+    _need_data()
+    if not aedat_mod.available_aedat4_backends():
+        pytest.skip("no AEDAT 4.0 backend installed")
+    blob = (DATA / "inivation" / "dvxplorer_sample.aedat4").read_bytes()
+    layout = aedat_mod.read_aedat4_layout(DATA / "inivation" / "dvxplorer_sample.aedat4")
+    assert layout.geometry == SensorGeometry(320, 240) and layout.event_stream == 0
+    third = int(layout.packets[2, 0])
+    cases = {
+        "sid.aedat4": (blob[:third] + struct.pack("<i", 77) + blob[third + 4:],
+                       rf"byte offset {third}: packet of stream 77"),
+        "size.aedat4": (blob[:third + 4] + struct.pack("<i", 1 << 30) + blob[third + 8:],
+                        rf"byte offset {third}: packet size 1073741824"),
+        "cut.aedat4": (blob[:third + 20], r"byte offset 18: the data table position 945243 is "
+                                          r"past the end of the file \(truncated\?\)"),
+        "hdr.aedat4": (blob[:14] + struct.pack("<i", -3) + blob[18:],
+                       r"byte offset 14: IOHeader size -3"),
+        # same length: the XML is a length-prefixed string inside the IOHeader
+        "geo.aedat4": (blob.replace(b'"sizeX" type="int">320<', b'"sizeX" type="int">65535<')
+                       .replace(b"(polarity ON/OFF).", b"(polarity ONOFF)"),
+                       r"sizeX/sizeY gives a sensor of 65535x240 pixels; each side must be "
+                       r"in 1\.\.8192"),
+    }
+    for name, (data, msg) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(EventFormatError, match=rf"{name}.*{msg}"):
+            open_file(path)
+
+
+def test_aedat2_nul_in_header_line_refused(tmp_path: Path) -> None:
+    """Defect 7: a NUL byte in an AEDAT 2.0 header line ended the header there, and the rest
+    of the header was decoded as events spanning up to 593 days. Now refused, naming the
+    byte offset of the NUL; the same NUL in the last header line too."""
+    _need_data()
+    blob = (DATA / "inivation" / "davis240c_rotdisk.aedat").read_bytes()
+    starts = [0]
+    while blob[starts[-1]:starts[-1] + 1] == b"#":
+        starts.append(blob.index(b"\n", starts[-1]) + 1)
+    for line in (5, len(starts) - 2):  # a middle line and the last header line
+        at = starts[line] + 7
+        path = tmp_path / f"nul{line}.aedat"
+        path.write_bytes(blob[:at] + b"\x00" + blob[at + 1:])
+        with pytest.raises(EventFormatError,
+                           match=rf"nul{line}\.aedat at byte offset {at}: header line holds "
+                                 r"the control byte 0x00"):
+            open_file(path)
+    # the unmodified file still reads completely (a data record may start with '#')
+    assert open_file(DATA / "inivation" / "davis240c_rotdisk.aedat").read_all().size == 374_296
+
+
+def test_aedat2_garbage_records_refused(tmp_path: Path) -> None:
+    """Defect 7: records that are mostly implausible (random bytes after a valid header:
+    outside the sensor, time going back or jumping by hours) are refused at open."""
+    rng = np.random.default_rng(5)
+    path = tmp_path / "junk.aedat"
+    head = _aedat2([])
+    path.write_bytes(head + rng.integers(0, 256, 8 * 2000, dtype=np.uint8).tobytes())
+    with pytest.raises(EventFormatError, match=rf"junk\.aedat at byte offset {len(head)}: "
+                                               r"not a AEDAT 2\.0 file, or a corrupt one"):
+        open_file(path)
 
 
 def test_absurd_geometry_refused(tmp_path: Path) -> None:
