@@ -157,7 +157,10 @@ def info(uri: str, as_json: bool, peak_window_us: int) -> None:
     try:
         with open_source(uri) as source:
             summary = stream_info(source, peak_window_us=peak_window_us)
-    except (FileNotFoundError, EventFormatError, ValueError, ImportError) as exc:
+    except OSError as exc:  # a missing file, a directory, no permission: name the path
+        where = exc.filename if exc.filename is not None else uri
+        raise click.ClickException(f"{where}: {exc.strerror or exc}") from exc
+    except (EventFormatError, ValueError, TypeError, ImportError) as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps({**asdict(summary), "span_us": summary.span_us}))

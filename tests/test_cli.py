@@ -120,3 +120,27 @@ def test_record_with_duration_and_size_limits(tmp_path: Path) -> None:
         part = s2.read_all()
     assert 0 < part.size < ev.size
     np.testing.assert_array_equal(part["t"], ev["t"][: part.size])
+
+
+def test_info_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """Regression (issue 10, defect 7): `augury info DIR` printed an IsADirectoryError
+    traceback; it must exit 1 with one line naming the directory."""
+    res = CliRunner().invoke(main, ["info", str(tmp_path)])
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert "Traceback" not in res.output
+    assert "directory" in res.output and str(tmp_path) in res.output
+
+
+def test_info_unreadable_inputs_are_clear_errors(tmp_path: Path) -> None:
+    """An empty .bin, a .raw renamed .bin and an unknown option: exit 1, a one-line error."""
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    renamed = tmp_path / "renamed.bin"
+    renamed.write_bytes(b"% evt 3.0\n% geometry 640x480\n% end\n" + bytes(5000))
+    for uri, needle in ((str(empty), "empty.bin"), (str(renamed), "renamed.bin"),
+                        (f"file://{renamed}?bogus=1", "bogus")):
+        res = CliRunner().invoke(main, ["info", uri])
+        assert res.exit_code == 1, (uri, res.output)
+        assert isinstance(res.exception, SystemExit), (uri, res.exception)
+        assert needle in res.output and "Error" in res.output
