@@ -57,6 +57,28 @@ class CheckpointError(ValueError):
     """A checkpoint file is torn, corrupt or fails its checksum; the text names the file."""
 
 
+class NonFiniteStateError(CheckpointError):
+    """State holding NaN or ±inf: refused on load and never saved; the text names the array.
+
+    A diverged model can still produce a file with a valid checksum; loading it would carry
+    the divergence across restarts, so such a checkpoint is skipped like a corrupt one.
+    """
+
+
+def non_finite_array(arrays: Mapping[str, np.ndarray]) -> tuple[str, int] | None:
+    """(name, count) of the first array (name order) holding NaN or ±inf, else None.
+
+    Only float and complex arrays are checked (integer arrays are always finite).
+    """
+    for name in sorted(arrays):
+        a = np.asarray(arrays[name])
+        if a.dtype.kind in "fc":
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                return name, bad
+    return None
+
+
 def checkpoint_name(seq: int) -> str:
     """File name of checkpoint number ``seq``: ``ckpt-000000012.npz`` (sorts by seq)."""
     if seq < 0:
@@ -137,19 +159,26 @@ def save_checkpoint(
     *,
     seq: int | None = None,
     created_unix_s: float | None = None,
+    require_finite: bool = False,
 ) -> Path:
     """Write ``arrays`` + ``meta`` atomically as the next checkpoint; return its path.
 
     ``seq``: checkpoint number (default: one more than the newest in ``dirpath``);
     ``created_unix_s``: wall-clock creation time in s (default ``time.time()``).
     Array names: ``[A-Za-z0-9][A-Za-z0-9_.-]*``; dtypes without Python objects; meta must be
-    JSON-serialisable. Raises ValueError for bad input and OSError for I/O failures (the
-    temporary file is removed).
+    JSON-serialisable. With ``require_finite`` (as CheckpointManager saves model state), a
+    float array holding NaN or ±inf raises NonFiniteStateError naming it and nothing is
+    written; without it, any bit pattern round-trips exactly. Raises ValueError for other
+    bad input and OSError for I/O failures (the temporary file is removed).
     """
     d = Path(dirpath)
-    d.mkdir(parents=True, exist_ok=True)
     checked = _check_arrays(arrays)
     meta_json = _meta_json(meta)
+    bad = non_finite_array(checked) if require_finite else None
+    if bad is not None:
+        raise NonFiniteStateError(f"{d}: not saving a checkpoint: array {bad[0]!r} holds "
+                                  f"{bad[1]} non-finite values (NaN or inf)")
+    d.mkdir(parents=True, exist_ok=True)
     if seq is None:
         existing = list_checkpoints(d)
         seq = existing[-1][0] + 1 if existing else 0
@@ -177,8 +206,13 @@ def save_checkpoint(
     return final
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Load and verify one checkpoint file; CheckpointError (naming the file) if it is bad."""
+def read_checkpoint(path: str | os.PathLike[str], *, require_finite: bool = False) -> Checkpoint:
+    """Load and verify one checkpoint file; CheckpointError (naming the file) if it is bad.
+
+    Bad: unreadable, another schema, members that differ from the record, a checksum that
+    fails, or, with ``require_finite``, a float array holding NaN or ±inf
+    (NonFiniteStateError, naming the array: a diverged model saved with a valid checksum).
+    """
     p = Path(path)
     try:
         # open the file here: np.load(path) leaks its handle when the zip is unreadable
@@ -203,6 +237,10 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if digest != record.get("sha256"):
         raise CheckpointError(f"{p}: SHA-256 mismatch (stored {record.get('sha256')!r}, "
                               f"computed {digest})")
+    bad = non_finite_array(arrays) if require_finite else None
+    if bad is not None:
+        raise NonFiniteStateError(f"{p}: array {bad[0]!r} holds {bad[1]} non-finite values "
+                                  "(NaN or inf): the model had diverged when it was saved")
     return Checkpoint(arrays=arrays, meta=meta, path=p)
 
 
@@ -210,17 +248,20 @@ def load_latest(
     dirpath: str | os.PathLike[str],
     *,
     on_skip: Callable[[Path, str], None] | None = None,
+    require_finite: bool = False,
 ) -> Checkpoint | None:
     """The newest checkpoint of ``dirpath`` that verifies, or None if there is none.
 
-    Tries newest to oldest; each torn, corrupt or checksum-failing file is skipped with a
-    logged warning and reported to ``on_skip(path, reason)``. Temporary files are ignored.
+    Tries newest to oldest; each torn, corrupt or checksum-failing file (and, with
+    ``require_finite``, each holding NaN or ±inf) is skipped with a logged warning and
+    reported to ``on_skip(path, reason)``, so the previous valid checkpoint is used.
+    Temporary files are ignored.
     """
     for _, path in reversed(list_checkpoints(dirpath)):
         try:
-            return read_checkpoint(path)
+            return read_checkpoint(path, require_finite=require_finite)
         except CheckpointError as exc:
-            log.warning("skipping checkpoint: %s", exc)
+            log.warning("skipping checkpoint (falling back to an older one): %s", exc)
             if on_skip is not None:
                 on_skip(path, str(exc))
     return None
@@ -254,7 +295,11 @@ class CheckpointManager:
     caller will not modify afterwards (copies of live state), and a save that falls due while
     the previous one is still being written is skipped (``busy``) until the next period.
     Counters: ``saved``, ``failed`` (I/O errors during periodic saves, logged, retried after
-    ``every_s``), ``busy``, ``skipped`` (bad files passed over by ``load_latest``).
+    ``every_s``), ``refused`` (periodic saves of state holding NaN/inf, logged, never
+    written), ``busy``, ``skipped`` (bad files passed over by ``load_latest``).
+    The manager holds model state, which must be finite: it never writes arrays holding NaN
+    or ±inf (``refused``) and ``load_latest`` skips such checkpoints for the previous valid
+    one.
     Use from one thread (plus the worker it owns).
     """
 
@@ -286,6 +331,7 @@ class CheckpointManager:
         self.next_seq = existing[-1][0] + 1 if existing else 0
         self.saved = 0
         self.failed = 0
+        self.refused = 0
         self.busy = 0
         self.skipped = 0
 
@@ -295,36 +341,56 @@ class CheckpointManager:
 
     def _write(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], seq: int,
                created_unix_s: float) -> Path:
+        bad = non_finite_array(arrays)  # whatever the writer, non-finite state is never saved
+        if bad is not None:
+            raise NonFiniteStateError(f"{self.dirpath}: not saving checkpoint {seq}: array "
+                                      f"{bad[0]!r} holds {bad[1]} non-finite values "
+                                      "(NaN or inf)")
         path = self._writer(self.dirpath, arrays, meta, seq=seq, created_unix_s=created_unix_s)
         self.saved += 1
         prune(self.dirpath, self.keep)
         return path
 
+    def _refused(self, exc: NonFiniteStateError) -> None:
+        self.refused += 1
+        log.error("checkpoint refused, the previous one is kept: %s", exc)
+
     def _write_logged(self, *args: Any) -> None:
         try:
             self._write(*args)
+        except NonFiniteStateError as exc:
+            self._refused(exc)
         except OSError as exc:
             self.failed += 1
             log.error("periodic checkpoint in %s failed: %s", self.dirpath, exc)
 
     def save_now(self, get_state: StateGetter) -> Path:
         """Save immediately in this thread (e.g. on SIGTERM), after any background write
-        finishes, then prune; raises on failure."""
+        finishes, then prune; raises on failure (NonFiniteStateError, counted in
+        ``refused``, if the state holds NaN or inf: nothing is written)."""
         self.wait()
         arrays, meta = get_state()
         seq = self.next_seq
         self.next_seq += 1
         self._last_s = self._clock()
-        return self._write(arrays, meta, seq, self._wall_clock())
+        try:
+            return self._write(arrays, meta, seq, self._wall_clock())
+        except NonFiniteStateError as exc:
+            self._refused(exc)
+            raise
 
     def maybe_save(self, get_state: StateGetter) -> Path | None:
         """Save if due: the checkpoint's path (being written, in background mode), or None
-        if not due, busy, or the write failed (counted and logged)."""
+        if not due, busy, refused (non-finite state) or the write failed (counted and
+        logged)."""
         if not self.due():
             return None
         if not self.background:
             try:
                 return self.save_now(get_state)
+            except NonFiniteStateError:  # counted and logged by save_now
+                self._last_s = self._clock()
+                return None
             except OSError as exc:
                 self.failed += 1
                 self._last_s = self._clock()
@@ -353,13 +419,14 @@ class CheckpointManager:
         return True
 
     def load_latest(self) -> Checkpoint | None:
-        """The newest valid checkpoint (counting skipped bad ones); later saves go after it."""
+        """The newest valid checkpoint with finite state (counting skipped bad ones, NaN/inf
+        included); later saves go after it."""
 
         def count(path: Path, reason: str) -> None:
             self.skipped += 1
 
         self.wait()
-        found = load_latest(self.dirpath, on_skip=count)
+        found = load_latest(self.dirpath, on_skip=count, require_finite=True)
         existing = list_checkpoints(self.dirpath)
         if existing:
             self.next_seq = max(self.next_seq, existing[-1][0] + 1)

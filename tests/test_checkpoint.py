@@ -20,8 +20,10 @@ import pytest
 from augury.checkpoint import (
     CheckpointError,
     CheckpointManager,
+    NonFiniteStateError,
     list_checkpoints,
     load_latest,
+    non_finite_array,
     prune,
     read_checkpoint,
     save_checkpoint,
@@ -331,3 +333,77 @@ def test_sigkill_during_writes_leaves_a_loadable_checkpoint(tmp_path: Path) -> N
         assert big.shape == (4_000_000,) and np.all(big == i)
         assert i == max(s for s, _ in list_checkpoints(d))  # the newest complete one
     assert mid_write_kills >= 1, "no kill landed inside a write: the test proved nothing"
+
+
+# -- issue 10, defect 8: non-finite state ------------------------------------------------------
+
+
+def test_manager_skips_a_nan_checkpoint_with_a_valid_checksum(tmp_path: Path) -> None:
+    """Defect 8: a checkpoint with NaN weights but a valid checksum loaded without a warning.
+    The manager (model state) refuses it, naming the array, and falls back to the previous
+    valid checkpoint; the file format itself still round-trips any bit pattern."""
+    clock = FakeClock()
+    mgr = CheckpointManager(tmp_path, every_s=1.0, keep=5, clock=clock)
+    good = {"W1": np.full((3, 2), 0.5, np.float32), "count": np.arange(4)}
+    assert mgr.save_now(lambda: (good, {"n": 0})).name == "ckpt-000000000.npz"
+    bad = {"W1": good["W1"].copy(), "count": np.arange(4)}
+    bad["W1"][1, 1] = np.nan
+    path = save_checkpoint(tmp_path, bad, {"n": 1})  # as the old code wrote it: checksum ok
+    assert read_checkpoint(path).arrays["W1"][1, 1] != bad["W1"][1, 1]  # NaN != NaN: loads
+    with pytest.raises(NonFiniteStateError, match=r"ckpt-000000001\.npz: array 'W1' holds 1 "
+                                                  r"non-finite values"):
+        read_checkpoint(path, require_finite=True)
+    loaded = mgr.load_latest()
+    assert loaded is not None and loaded.meta == {"n": 0} and mgr.skipped == 1
+    np.testing.assert_array_equal(loaded.arrays["W1"], good["W1"])
+    assert mgr.next_seq == 2  # the next save goes after the refused file
+
+
+def test_manager_never_saves_non_finite_state(tmp_path: Path) -> None:
+    """Defect 8: a short run could save NaN state again. Periodic saves (foreground and
+    background) are refused and counted, save_now raises naming the array; no file appears."""
+    clock = FakeClock()
+    state = {"W1": np.array([1.0, np.inf]), "mu": np.zeros(2)}
+    for background in (False, True):
+        d = tmp_path / f"bg{background}"
+        mgr = CheckpointManager(d, every_s=1.0, keep=3, clock=clock, background=background)
+        clock.t += 1.0
+        mgr.maybe_save(lambda: (state, {}))
+        assert mgr.wait(10.0)
+        assert mgr.refused == 1 and mgr.saved == 0 and mgr.failed == 0
+        with pytest.raises(NonFiniteStateError, match=r"array 'W1' holds 1 non-finite"):
+            mgr.save_now(lambda: (state, {}))
+        assert mgr.refused == 2 and list_checkpoints(d) == []
+    with pytest.raises(NonFiniteStateError):
+        save_checkpoint(tmp_path / "direct", state, {}, require_finite=True)
+    assert not (tmp_path / "direct").exists()
+
+
+def test_resume_falls_back_past_a_diverged_model(tmp_path: Path) -> None:
+    """Defect 8, end to end: restore_network resumes from the last finite checkpoint when the
+    newest one holds a NaN in the learned weights."""
+    from model_helpers import bars, windows
+
+    from augury.model.network import Network
+    from augury.model.spec import ModelSpec
+    from augury.pipeline import restore_network
+
+    spec = ModelSpec(width=32, height=24, pool=4, tick_us=1_000, horizon_us=5_000)
+    net = Network(spec)
+    for b in windows(bars(32, 24, 20_000, seed=1, noise_rate_hz=5.0), 0, 20_000,
+                     spec.horizon_us):
+        net.step(b)
+    arrays = net.state_dict()
+    arrays.pop("__learning__")
+    assert non_finite_array(arrays) is None  # a healthy model state is finite
+    meta = {"schema": 1, "spec": net.spec_json(), "learning": True}
+    mgr = CheckpointManager(tmp_path, 60.0, 3)
+    first = mgr.save_now(lambda: (arrays, meta))
+    diverged = {k: v.copy() for k, v in arrays.items()}
+    diverged["W1"].reshape(-1)[0] = np.nan
+    save_checkpoint(tmp_path, diverged, meta)
+    back = Network(spec)
+    mgr2 = CheckpointManager(tmp_path, 60.0, 3)
+    assert restore_network(back, mgr2) == first and mgr2.skipped == 1
+    assert np.all(np.isfinite(back.state.W1))
+    np.testing.assert_array_equal(back.state.W1, net.state.W1)
