@@ -3,7 +3,8 @@
 Sections and keys (defaults in the dataclasses below)::
 
     [source]     uri, pace ("asap" | "realtime"), speed (> 0, × real time), batch_us (µs)
-    [model]      free table passed through to the model spec (validated by the model)
+    [model]      keys of ``augury.model.spec.ModelSpec``, validated at load (errors name
+                 ``model.KEY`` and the file); width/height come from the source
     [publish]    endpoint (ZeroMQ), rate_ms (ms between read-outs), hwm (messages),
                  isolate_slow_subscribers (bool; see augury.publish and docs/protocol.md)
     [control]    endpoint (ZeroMQ, or "none": no control channel), curve_keys_dir (unset: no
@@ -182,7 +183,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole daemon configuration. ``model`` is a free table checked by the model spec."""
+    """The whole daemon configuration. ``model`` holds ModelSpec keys, checked at load."""
 
     source: SourceConfig = field(default_factory=SourceConfig)
     model: dict[str, Any] = field(default_factory=dict)
@@ -257,6 +258,36 @@ def _build_section(name: str, cls: type, table: Any, problems: list[str]) -> Any
     return cls(**values)
 
 
+MODEL_CHECK_GEOMETRY = {"width": 640, "height": 480}
+"""Stand-in sensor used to validate ``[model]`` at load: the daemon takes the real width and
+height from the source (``[model]`` width/height are ignored), and no other check of
+ModelSpec depends on them."""
+
+
+def _model_problems(table: dict[str, Any]) -> list[str]:
+    """Problems of a ``[model]`` table, each naming ``model.KEY``; [] if ModelSpec accepts it.
+
+    Unknown keys (nested tables included) are listed one per line with a suggestion; the
+    known ones are then built into a ModelSpec (on MODEL_CHECK_GEOMETRY) so that a wrong
+    type or a value out of range fails at load instead of at run time.
+    """
+    from augury.model.spec import ModelSpec  # lazily: the config loads without the model
+
+    known = [f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("width", "height")]
+    problems = [_unknown(f"model.{key}", str(key), known, prefix="model.")
+                for key in table if key not in known and key not in ("width", "height")]
+    if problems:
+        return problems
+    try:
+        ModelSpec.from_dict({**{k: v for k, v in table.items() if k in known},
+                             **MODEL_CHECK_GEOMETRY})
+    except (ValueError, TypeError) as exc:
+        text = str(exc).replace("ModelSpec.", "model.").replace("ModelSpec:", "model:")
+        key = next((k for k in table if f"model.{k}" in text), None)
+        return [text if key is not None else f"model: {text}"]
+    return []
+
+
 def config_from_dict(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
                      *, source: str = "") -> Config:
     """Validate a parsed TOML document (plus dotted overrides) into a Config."""
@@ -267,6 +298,7 @@ def config_from_dict(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None
     for name, table in data.items():
         if name == "model":
             if isinstance(table, dict):
+                problems.extend(_model_problems(table))
                 sections["model"] = table
             else:
                 problems.append(f"model: must be a table ([model]), got {type(table).__name__}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import re
 from pathlib import Path
 
 import pytest
@@ -43,8 +43,7 @@ batch_us = 5000
 
 [model]
 k1 = 16
-[model.learning]
-eta = 0.01
+mix_taus_us = [100000, 400000]
 
 [checkpoint]
 dir = "/var/lib/augury"
@@ -54,13 +53,13 @@ keep = 3
 [log]
 level = "debug"
 """)
-    cfg = load_config(path, {"publish.endpoint": "tcp://0.0.0.0:6000", "model.learning.q": 1e-6,
+    cfg = load_config(path, {"publish.endpoint": "tcp://0.0.0.0:6000", "model.q": 1e-6,
                              "pipeline.overflow": "block",
                              "publish.isolate_slow_subscribers": True})
     assert cfg.source.uri == "recordings/street.raw" and cfg.source.pace == "asap"
     assert cfg.source.speed == 2.0 and isinstance(cfg.source.speed, float)
     assert cfg.source.batch_us == 5000
-    assert cfg.model == {"k1": 16, "learning": {"eta": 0.01, "q": 1e-6}}
+    assert cfg.model == {"k1": 16, "mix_taus_us": [100000, 400000], "q": 1e-6}
     assert (cfg.checkpoint.dir, cfg.checkpoint.every_s, cfg.checkpoint.keep) == (
         "/var/lib/augury", 60.0, 3)
     assert cfg.log.level == "DEBUG"
@@ -163,12 +162,13 @@ _scalars = st.one_of(
     st.floats(allow_nan=False),
     st.text(max_size=12),
 )
-_keys = st.text(min_size=1, max_size=8)
-_model = st.recursive(
-    st.dictionaries(_keys, st.one_of(_scalars, st.lists(_scalars, max_size=3)), max_size=4),
-    lambda children: st.dictionaries(_keys, children, max_size=3),
-    max_leaves=12,
-)
+# [model] is validated at load (issue 10, defect 8): any valid subset of ModelSpec keys
+_model = st.fixed_dictionaries({}, optional={
+    "k1": st.integers(1, 256), "pool": st.sampled_from([0, 1, 2, 4, 8]),
+    "settle": st.floats(0.0, 10.0), "kappa": st.floats(1e-3, 1.0),
+    "seed": st.integers(0, 2**63 - 1), "fixed_point": st.booleans(),
+    "mix_taus_us": st.lists(st.integers(1, 10**9), max_size=8),
+})
 
 
 @settings(max_examples=60, deadline=None)
@@ -177,7 +177,7 @@ _model = st.recursive(
 def test_toml_round_trip(tmp_path_factory, model, uri, speed, keep) -> None:
     cfg = load_config(None, {"source.uri": uri, "source.speed": speed, "checkpoint.keep": keep,
                              "checkpoint.dir": "/tmp/ck dir"})
-    cfg = dataclasses.replace(cfg, model=model)  # any keys, dots and quotes included
+    cfg = dataclasses.replace(cfg, model=model)
     path = tmp_path_factory.mktemp("cfg") / "out.toml"
     path.write_text(config_to_toml(cfg), encoding="utf-8")
     again = load_config(path)
@@ -186,8 +186,54 @@ def test_toml_round_trip(tmp_path_factory, model, uri, speed, keep) -> None:
 
 def test_toml_output_is_readable() -> None:
     text = config_to_toml(load_config(None, {"model.k1": 16, "publish.rate_ms": 20,
-                                             "model.grid": {"w": 40}}))
+                                             "model.mix_taus_us": [1000, 2000]}))
     assert "[publish]\nendpoint = \"tcp://127.0.0.1:5556\"\nrate_ms = 20.0\n" in text
     assert "# dir = (unset)" in text
-    assert "[model]\nk1 = 16\n" in text and "[model.grid]\nw = 40\n" in text
-    assert math.isinf(load_config(None, {"model.x": float("inf")}).model["x"])
+    assert "[model]\nk1 = 16\nmix_taus_us = [\n    1000,\n    2000,\n]\n" in text
+
+
+# -- issue 10, defect 8: [model] validated at load -----------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "pattern"), [
+    ('pool = "eight"', r"model\.pool must be an int, got 'eight'"),
+    ("k1 = 0", r"model\.k1=0 is outside 1\.\.256"),
+    ("pi_max = inf", r"model\.pi_max must be a finite number, got inf"),
+    ("kk1 = 3", r"model\.kk1: unknown key \(did you mean 'model\.k1'\?\)"),
+    ("[model.learning]\neta = 0.01", r"model\.learning: unknown key"),
+    ("learn_us = 1500", r"model\.learn_us=1500 must be a multiple of tick_us=1000"),
+])
+def test_model_errors_at_load_name_the_key_and_file(tmp_path: Path, text: str,
+                                                    pattern: str) -> None:
+    """Defect 8: `model.pool = "eight"` and `model.k1 = 0` loaded (and --print-config exited
+    0); they failed only at run time, naming neither `model.` nor the file."""
+    path = _write(tmp_path, "[model]\n" + text + "\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: {pattern}"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("override", "pattern"), [
+    ('model.pool="eight"', r"model\.pool must be an int"),
+    ("model.k1=0", r"model\.k1=0 is outside"),
+    ("model.a.b=1", r"model\.a: unknown key"),
+])
+def test_model_overrides_validated_too(override: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, dict([parse_override(override)]))
+
+
+def test_print_config_refuses_a_bad_model(tmp_path: Path) -> None:
+    """Defect 8, through the CLI: `augury run --print-config` exits 1 naming model.KEY and
+    the file, instead of printing the config and exiting 0."""
+    from click.testing import CliRunner
+
+    from augury.cli import main
+
+    path = _write(tmp_path, '[model]\npool = "eight"\nk1 = 16\n')
+    res = CliRunner().invoke(main, ["run", "--config", str(path), "--print-config"])
+    assert res.exit_code == 1, res.output
+    assert f"{path}: model.pool must be an int" in res.output
+    res = CliRunner().invoke(main, ["run", "--print-config", "--set", "model.k1=0"])
+    assert res.exit_code == 1 and "model.k1=0 is outside 1..256" in res.output
+    res = CliRunner().invoke(main, ["run", "--print-config", "--set", "model.k1=16"])
+    assert res.exit_code == 0 and "k1 = 16" in res.output
