@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import select
 import signal
 import struct
@@ -112,30 +113,35 @@ def read_aedat2_header(path: str | Path) -> Aedat2Header:
     size = p.stat().st_size
     if size == 0:
         raise EventFormatError("empty file: no '#!AER-DAT2.0' header", source=src, offset=0)
-    lines: list[str] = []
     with open(p, "rb") as f:
-        while f.peek(1)[:1] == b"#":
-            start = f.tell()
-            if start >= _MAX_HEADER_BYTES:
-                raise EventFormatError(f"header longer than {_MAX_HEADER_BYTES} bytes",
-                                       source=src, offset=start)
-            raw = f.readline(_MAX_HEADER_LINE)
-            if _has_control_bytes(raw):
-                if not lines:
-                    raise EventFormatError("header line holds binary bytes", source=src,
-                                           offset=start)
-                if _corrupt_header_line(raw, f.peek(_MAX_HEADER_LINE)):
-                    bad = _first_control_byte(raw)
-                    raise EventFormatError(f"header line holds the control byte "
-                                           f"0x{raw[bad]:02X} (corrupt header)", source=src,
-                                           offset=start + bad)
-                f.seek(start)  # a record that happens to start with '#'
-                break
-            if not raw.endswith(b"\n"):
-                raise EventFormatError("header line does not end in a newline (truncated "
-                                       "file?)", source=src, offset=start)
-            lines.append(raw.decode("latin-1").rstrip("\r\n"))
-        data_offset = f.tell()
+        buf, data_offset = _scan_header(f)
+    if data_offset == 0:
+        line = buf[:_MAX_HEADER_LINE].split(b"\n", 1)[0]
+        if buf[:1] == b"#" and _has_control_bytes(line + b"\n"):
+            raise EventFormatError("header line holds binary bytes", source=src, offset=0)
+    elif data_offset > _MAX_HEADER_BYTES:
+        raise EventFormatError(f"header longer than {_MAX_HEADER_BYTES} bytes", source=src,
+                               offset=_MAX_HEADER_BYTES)
+    if buf[data_offset:data_offset + 1] == b"#":  # a '#' line that is not a clean text line
+        nl = buf.find(b"\n", data_offset, data_offset + _MAX_HEADER_LINE)
+        raw = buf[data_offset:nl + 1] if nl >= 0 else buf[data_offset:data_offset
+                                                            + _MAX_HEADER_LINE]
+        if data_offset and _has_control_bytes(raw):
+            if _corrupt_header_line(raw, buf[nl + 1:nl + 1 + _MAX_HEADER_LINE] if nl >= 0
+                                    else b""):
+                bad = _first_control_byte(raw)
+                raise EventFormatError(f"header line holds the control byte "
+                                       f"0x{raw[bad]:02X} (corrupt header)", source=src,
+                                       offset=data_offset + bad)
+            # else: a data record that happens to start with '#'
+        elif data_offset:
+            raise EventFormatError("header line does not end in a newline (truncated file?) "
+                                   f"or is longer than {_MAX_HEADER_LINE} bytes", source=src,
+                                   offset=data_offset)
+    lines = [ln.decode("latin-1").rstrip("\r") for ln in buf[:data_offset].split(b"\n")[:-1]]
+    if any(len(ln) >= _MAX_HEADER_LINE for ln in lines):
+        raise EventFormatError(f"a header line is longer than {_MAX_HEADER_LINE} bytes",
+                               source=src, offset=0)
     if not lines or not lines[0].startswith("#!AER-DAT"):
         raise EventFormatError("not an AEDAT file: the first line must be '#!AER-DAT2.0'",
                                source=src, offset=0)
@@ -145,6 +151,28 @@ def read_aedat2_header(path: str | Path) -> Aedat2Header:
                                "AEDAT 4 files use the .aedat4 suffix)", source=src, offset=0)
     return Aedat2Header(version, _header_camera(lines), tuple(lines),
                         record_layout(size, data_offset, AEDAT2_RECORD.itemsize))
+
+
+_CLEAN_LINES = re.compile(rb"(?:#[\t\x20-\x7e\x80-\xff]*\r*\n)*")
+"""Consecutive '#' header lines without control bytes (tab allowed; CRs only at the end)."""
+
+
+def _scan_header(f: Any) -> tuple[bytes, int]:
+    """(bytes read, end of the clean '#' lines at the start of the file).
+
+    Reads 1 MiB at a time while the clean lines run to the end of what was read, and stops
+    once they exceed _MAX_HEADER_BYTES: bounded work whatever the file holds (one regex pass,
+    no per-line Python loop, so a header of millions of tiny lines costs milliseconds).
+    """
+    buf = b""
+    end = 0
+    while True:
+        chunk = f.read(1 << 20)
+        buf += chunk
+        m = _CLEAN_LINES.match(buf, end)
+        end = m.end() if m else end
+        if not chunk or end < len(buf) - _MAX_HEADER_LINE or end > _MAX_HEADER_BYTES:
+            return buf, end
 
 
 def _control_mask(raw: bytes) -> np.ndarray:
