@@ -356,8 +356,13 @@ _MAX_IO_HEADER = 1 << 24
 
 _PACKET_HEADER = struct.Struct("<ii")
 _FRAME = struct.Struct("<4sqq")
-"""Worker → caller frame header: kind (b"EVTS", b"DONE", b"FAIL"), packets decoded so far,
-payload bytes (EVENT_DTYPE records for EVTS, a UTF-8 message for FAIL)."""
+"""Worker → caller frame header: kind (b"HELO" once the decoder is imported, b"EVTS",
+b"DONE", b"FAIL"), packets decoded so far, payload bytes (EVENT_DTYPE records for EVTS, a
+UTF-8 message for FAIL)."""
+
+AEDAT4_STARTUP_S = 60.0
+"""Longest wait for the worker process to start and import its decoder (a loaded machine
+may need seconds); ``timeout_s`` applies from then on, between packets."""
 
 
 def available_aedat4_backends() -> tuple[str, ...]:
@@ -554,7 +559,8 @@ class Aedat4Source(EventSource):
     the framing (header, streams, packet sizes) is checked in Python at open
     (``read_aedat4_layout``), and decoding runs in a child process that streams EVENT_DTYPE
     packets back through a pipe. A decoder error, crash or a silence longer than
-    ``timeout_s`` seconds ends the child and raises EventFormatError naming the file and the
+    ``timeout_s`` seconds between packets (AEDAT4_STARTUP_S for the process to start and
+    import its decoder) ends the child and raises EventFormatError naming the file and the
     offset of the packet after the last one decoded. Costs one process start (~0.3 s) per
     pass over the file.
 
@@ -605,14 +611,18 @@ class Aedat4Source(EventSource):
         assert proc.stdout is not None  # set by Popen(stdout=PIPE), not input validation
         fd = proc.stdout.fileno()
         done = 0
+        wait_s = max(AEDAT4_STARTUP_S, self.timeout_s)  # until HELO: process start, imports
         while True:
-            head = _read_exact(fd, _FRAME.size, self.timeout_s)
+            head = _read_exact(fd, _FRAME.size, wait_s)
             if head is None or len(head) < _FRAME.size:
                 self._fail_worker(proc, errors, done, timed_out=head is None)
             kind, done, n = _FRAME.unpack(head)  # type: ignore[arg-type]
+            wait_s = self.timeout_s
             body = _read_exact(fd, n, self.timeout_s) if n else b""
             if body is None or len(body) < n:
                 self._fail_worker(proc, errors, done, timed_out=body is None)
+            if kind == b"HELO":
+                continue
             if kind == b"DONE":
                 return
             if kind == b"FAIL":
@@ -696,8 +706,9 @@ _WORKER_CODE = "import augury.adapters.aedat as m; m.aedat4_worker()"
 def aedat4_worker() -> None:
     """Child-process entry: decode ``argv[1]`` (backend) ``argv[2]`` (file) to stdout frames.
 
-    Frames (``_FRAME`` header then payload): EVTS with the EVENT_DTYPE events of one packet,
-    then DONE; or FAIL with the decoder's error message. Each header carries the number of
+    Frames (``_FRAME`` header then payload): HELO once the decoder is imported, EVTS with
+    the EVENT_DTYPE events of one packet, then DONE; or FAIL with the decoder's error
+    message. Each header carries the number of
     packets decoded so far (every packet for aedat, event packets for dv-processing), which
     the caller maps to a byte offset. A crash or hang here only ends this process.
     """
@@ -706,6 +717,9 @@ def aedat4_worker() -> None:
     batches = _dv_batches if backend == "dv" else _aedat_batches
     done = 0
     try:
+        importlib.import_module("dv_processing" if backend == "dv" else "aedat")
+        out.write(_FRAME.pack(b"HELO", 0, 0))
+        out.flush()
         for done, arr in batches(path):
             ev = to_events(arr, source=str(path))
             data = ev.tobytes()
