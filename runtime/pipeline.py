@@ -32,7 +32,7 @@ import numpy as np
 from augury.adapters.base import EventSource
 from augury.adapters.replay import paced
 from augury.adapters.ring import EventRing
-from augury.checkpoint import CheckpointManager
+from augury.checkpoint import CheckpointError, CheckpointManager
 from augury.control import ControlServer
 from augury.events import EventBatch
 from augury.model.compat import reconcile
@@ -434,6 +434,8 @@ class Pipeline:
             log.info("final checkpoint %s", path)
         except OSError as exc:
             log.error("final checkpoint failed: %s", exc)
+        except CheckpointError as exc:  # non-finite state is never saved; older ones stay
+            log.error("final checkpoint refused: %s", exc)
 
 
 KEPT_ACROSS_RESTARTS = (*LEARNED, "counters", "baseline", "sbase1")

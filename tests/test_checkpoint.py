@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -407,3 +408,22 @@ def test_resume_falls_back_past_a_diverged_model(tmp_path: Path) -> None:
     assert restore_network(back, mgr2) == first and mgr2.skipped == 1
     assert np.all(np.isfinite(back.state.W1))
     np.testing.assert_array_equal(back.state.W1, net.state.W1)
+
+
+def test_final_checkpoint_of_a_diverged_model_is_refused_not_raised(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pipeline that stops with NaN in its state logs the refused final checkpoint and keeps
+    the previous one, instead of ending ``run`` with a traceback."""
+    from augury.model.network import Network
+    from augury.model.spec import ModelSpec
+    from augury.pipeline import Pipeline, PipelineOptions
+
+    net = Network(ModelSpec(width=32, height=24, pool=4))
+    mgr = CheckpointManager(tmp_path, 60.0, 3)
+    pipe = Pipeline(None, net, None, PipelineOptions(), checkpoints=mgr)  # type: ignore[arg-type]
+    first = mgr.save_now(pipe.state_snapshot)
+    net.state.W1.reshape(-1)[0] = np.nan
+    with caplog.at_level(logging.ERROR):
+        pipe._finish_checkpoints()
+    assert "final checkpoint refused" in caplog.text and "W1" in caplog.text
+    assert [p for _, p in list_checkpoints(tmp_path)] == [first]
