@@ -272,3 +272,139 @@ def test_udp_end_to_end_run_fed_by_send(shared_data: Path) -> None:
     summary = __import__("json").loads(out.strip().splitlines()[-1])
     assert sent["events"] == 5_000
     assert summary["events_processed"] == 5_000, summary
+
+
+# --- control commands in-process (issue 10, defect 3) -------------------------------------
+
+SCENE_64 = "synthetic://bars?duration_us=none&width=64&height=48"
+
+
+def _learned_daemon(max_batches: int = 300):
+    """A daemon with a control server (not polled: requests go to its handlers directly)
+    that has stepped ``max_batches`` batches of the synthetic scene, learning."""
+    cfg = load_config(None, {"source.uri": SCENE_64, "source.pace": "asap",
+                             "source.batch_us": 1000, "publish.rate_ms": 20.0,
+                             "publish.endpoint": "tcp://127.0.0.1:*",
+                             "control.endpoint": "tcp://127.0.0.1:*"})
+    daemon = build_daemon(cfg)
+    daemon.pipeline.run(max_batches=max_batches)
+    daemon.pipeline.stop_event.clear()
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def shared_learned_daemon():
+    """One learned daemon for the tests whose requests must change nothing."""
+    daemon = _learned_daemon(max_batches=20)
+    yield daemon
+    daemon.close()
+
+
+def _ask(daemon, request: dict) -> dict:
+    import json
+
+    from augury.control import handle_request
+
+    return handle_request(json.dumps(request).encode(), daemon.control.handlers)
+
+
+def _learned_bytes(net) -> dict[str, bytes]:
+    return {k: v.tobytes() for k, v in net.learned_arrays().items()}
+
+
+def test_reset_beliefs_keeps_everything_learned() -> None:
+    """Defect 3: ``reset`` with "what": "beliefs" wiped W1 and the counters."""
+    from augury.model.state import init_state
+
+    daemon = _learned_daemon()
+    try:
+        net = daemon.pipeline.network
+        fresh = init_state(net.spec)
+        assert net.state.W1.tobytes() != fresh.W1.tobytes(), "the scene taught nothing"
+        learned = _learned_bytes(net)
+        counters = net.state.counters.copy()
+        assert counters[0] > 0
+        reply = _ask(daemon, {"cmd": "reset", "what": "beliefs"})
+        assert _learned_bytes(net) == learned, "reset beliefs changed learned arrays"
+        assert np.array_equal(net.state.counters, counters)
+        assert reply == {"ok": True, "reset": "beliefs"}
+        for fast in ("z1", "mu1", "mus1", "eps1", "active", "clock"):
+            assert np.array_equal(getattr(net.state, fast), getattr(fresh, fast)), fast
+        assert net.learning is True
+        # without "what" the safe scope is used
+        assert _ask(daemon, {"cmd": "reset"}) == {"ok": True, "reset": "beliefs"}
+        assert _learned_bytes(net) == learned
+        # serving goes on from the reset state: nothing is dropped as stale
+        before = daemon.pipeline.metrics.events_processed
+        m = daemon.pipeline.run(max_batches=daemon.pipeline.metrics.batches + 50)
+        assert m.events_processed > before and m.bad_batches == 0
+        assert _learned_bytes(net) != learned  # and learning resumed
+        assert _ask(daemon, {"cmd": "reset", "what": "all"}) == {"ok": True, "reset": "all"}
+        assert net.state.W1.tobytes() == fresh.W1.tobytes()
+        assert net.state.counters.sum() == 0
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize(
+    ("request_", "pattern"),
+    [
+        ({"cmd": "reset", "what": 123}, r"\"what\" must be one of \['beliefs', 'all'\], got int"),
+        ({"cmd": "reset", "what": "weights"}, r"must be one of \['beliefs', 'all'\]"),
+        ({"cmd": "reset", "what": None}, r"got NoneType"),
+        ({"cmd": "reset", "scope": "all"}, r"reset takes only \['what'\]; got \['scope'\]"),
+        ({"cmd": "set", "learning": "false"},
+         r"learning must be a JSON boolean \(true or false\), got str 'false'"),
+        ({"cmd": "set", "learning": 0}, r"learning must be a JSON boolean"),
+        ({"cmd": "set", "key": "learning", "value": "no"}, r"got str 'no'"),
+        ({"cmd": "set", "key": "learning"}, r'takes "key" and "value" together'),
+        ({"cmd": "set", "key": 5, "value": True}, r'"key" must be a string, got int'),
+        ({"cmd": "set", "key": "learning", "value": False, "x": 1}, r"takes only"),
+        ({"cmd": "set", "publish_every_us": True}, r"publish_every_us must be a JSON integer"),
+        ({"cmd": "set", "publish_every_us": 2e4}, r"must be a JSON integer \(µs\), got float"),
+        ({"cmd": "set", "publish_every_us": 5}, r"must be in 100\.\.3600000000 µs, got 5"),
+        ({"cmd": "set", "tau_us": 5}, r"cannot set 'tau_us' at run time; settable: "
+                                      r"learning, publish_every_us"),
+        ({"cmd": "set"}, r"set needs"),
+        ({"cmd": "status", "verbose": True}, r"status takes no arguments"),
+        ({"cmd": "pause_learning", "now": 1}, r"pause_learning takes no arguments"),
+        ({"cmd": "snapshot", "path": "/tmp/x"}, r"snapshot takes no arguments"),
+    ],
+)
+def test_control_refuses_bad_arguments_by_name_and_changes_nothing(
+        shared_learned_daemon, request_, pattern) -> None:
+    """Defect 3: wrong scopes and types were accepted (``what`` 123, ``learning`` "false")."""
+    import re as _re
+
+    daemon = shared_learned_daemon
+    net = daemon.pipeline.network
+    learned, learning = _learned_bytes(net), net.learning
+    state = {k: v.tobytes() for k, v in net.state_dict().items()}
+    every = daemon.pipeline.publish_every_us
+    reply = _ask(daemon, request_)
+    assert reply["ok"] is False and _re.search(pattern, reply["error"]), reply
+    assert {k: v.tobytes() for k, v in net.state_dict().items()} == state
+    assert _learned_bytes(net) == learned and net.learning is learning
+    assert daemon.pipeline.publish_every_us == every
+
+
+def test_set_takes_the_documented_key_value_form_and_the_short_one() -> None:
+    """Defect 3: ``{"cmd": "set", "key": ..., "value": ...}`` (docs/protocol.md) was refused."""
+    daemon = _learned_daemon(max_batches=5)
+    try:
+        net = daemon.pipeline.network
+        reply = _ask(daemon, {"cmd": "set", "key": "learning", "value": False})
+        assert reply == {"ok": True, "set": {"learning": False}} and net.learning is False
+        reply = _ask(daemon, {"cmd": "set", "key": "publish_every_us", "value": 5000})
+        assert reply["ok"] and daemon.pipeline.publish_every_us == 5000
+        reply = _ask(daemon, {"cmd": "set", "learning": True, "publish_every_us": 7000})
+        assert reply == {"ok": True, "set": {"learning": True, "publish_every_us": 7000}}
+        assert net.learning is True and daemon.pipeline.publish_every_us == 7000
+        # one bad value refuses the whole request: nothing is applied
+        reply = _ask(daemon, {"cmd": "set", "learning": False, "publish_every_us": "9"})
+        assert reply["ok"] is False and net.learning is True
+        status = _ask(daemon, {"cmd": "status"})
+        assert status["ok"] and status["publish_every_us"] == 7000
+        assert status["control"]["handled"] >= 0 and "handshake_failures" in status["control"]
+    finally:
+        daemon.close()
