@@ -461,3 +461,33 @@ def test_default_daemon_keeps_a_healthy_subscriber_fed_next_to_a_stalled_one() -
             runner.join(30)
         stalled.close()
         daemon.close()
+
+
+def test_protocol_doc_control_examples_match_the_daemon() -> None:
+    """The control examples of docs/protocol.md whose reply is given in full are true."""
+    import json
+    import re as _re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text("utf-8")
+    section = doc[doc.index("## Control\n"):doc.index("## CURVE")]
+    lines = [ln for ln in _re.search(r"Examples:\n\n```\n(.*?)```", section, _re.S)
+             .group(1).splitlines() if ln.strip()]
+    pairs = list(zip(lines[::2], lines[1::2], strict=True))
+    daemon = _learned_daemon(max_batches=5)
+    checked = 0
+    try:
+        for request_line, reply_line in pairs:
+            assert request_line.startswith("→ ") and reply_line.startswith("← ")
+            try:
+                request_, expected = json.loads(request_line[2:]), json.loads(reply_line[2:])
+            except ValueError:
+                continue  # an elided reply or a non-JSON request
+            if "..." in reply_line:
+                continue  # an elided reply
+            if request_.get("cmd") == "snapshot":
+                continue  # needs a state directory; its path differs anyway
+            assert _ask(daemon, request_) == expected, request_line
+            checked += 1
+    finally:
+        daemon.close()
+    assert checked >= 5
