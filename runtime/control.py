@@ -236,7 +236,8 @@ class ControlServer:
     of authorised client public keys (``*.key``); None lets any client that knows the server
     key in. ``max_request_bytes``: larger requests get an error reply; ``max_frame_bytes``:
     larger frames make libzmq drop the connection (no reply; it bounds memory); ``max_depth``:
-    deepest JSON nesting parsed. Counters: ``counters`` (also ``handled``, ``errors``).
+    deepest JSON nesting parsed; ``max_per_poll``: most requests handled by one ``poll``.
+    Counters: ``counters`` (also ``handled``, ``errors``).
     """
 
     def __init__(
@@ -250,7 +251,10 @@ class ControlServer:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         max_depth: int = MAX_JSON_DEPTH,
+        max_per_poll: int = 64,
     ) -> None:
+        if max_per_poll < 1:
+            raise ValueError(f"max_per_poll must be >= 1, got {max_per_poll}")
         if not 0 < max_request_bytes <= max_frame_bytes:
             raise ValueError(f"need 0 < max_request_bytes ({max_request_bytes}) <= "
                              f"max_frame_bytes ({max_frame_bytes})")
@@ -260,6 +264,7 @@ class ControlServer:
         self.counters = ControlCounters()
         self.max_request_bytes = max_request_bytes
         self.max_depth = max_depth
+        self.max_per_poll = max_per_poll
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         self._auth = None
@@ -374,7 +379,7 @@ class ControlServer:
         n = 0
         wait = timeout_ms
         self._drain_monitor()
-        while self._socket.poll(wait, zmq.POLLIN):
+        while n < self.max_per_poll and self._socket.poll(wait, zmq.POLLIN):
             wait = 0
             try:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
@@ -388,7 +393,8 @@ class ControlServer:
         return n
 
     def poll(self, timeout_ms: int = 0) -> int:
-        """Handle every pending request, waiting up to ``timeout_ms`` for the first; count."""
+        """Handle pending requests, at most ``max_per_poll`` (so a flood of requests cannot
+        hold the owner's loop), waiting up to ``timeout_ms`` for the first; their count."""
         if self._thread is not None:
             raise RuntimeError("poll() while the server thread is running; call stop() first")
         return self._serve(timeout_ms)

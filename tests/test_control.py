@@ -162,6 +162,27 @@ def test_polled_server_handles_all_pending_requests(ctx) -> None:
             c.close()
 
 
+def test_one_poll_handles_at_most_max_per_poll_requests(ctx) -> None:
+    """A flood of requests cannot hold the owner's loop (the daemon's engine) in one poll."""
+    with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx,
+                       max_per_poll=4) as server:
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.rcvtimeo = 3000
+        dealer.connect(server.bound_endpoint)
+        for _ in range(10):
+            dealer.send_multipart([b"", b'{"cmd": "status"}'])
+        handled: list[int] = []
+        while sum(handled) < 10:
+            n = server.poll(3000)
+            assert n > 0, "a request went unanswered"
+            handled.append(n)
+        assert max(handled) <= 4 and len(handled) >= 3
+        replies = [json.loads(dealer.recv_multipart()[-1]) for _ in range(10)]
+        assert all(r["ok"] for r in replies)
+        dealer.close(linger=0)
+
+
 def test_client_times_out_then_recovers(ctx) -> None:
     with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx) as server:
         client = ControlClient(server.bound_endpoint, timeout_ms=200, context=ctx)
