@@ -35,7 +35,8 @@ from test_daemon import _endpoints, _finish, _spawn
 
 from augury.checkpoint import load_latest
 from augury.control import MAX_FRAME_BYTES, MAX_JSON_DEPTH, MAX_REQUEST_BYTES
-from augury.model.state import LEARNED
+from augury.model.spec import ModelSpec
+from augury.model.state import LEARNED, init_state
 
 SEED = 20261204
 SCALE = max(1, int(os.environ.get("AUGURY_FUZZ_SCALE", "1")))
@@ -179,10 +180,14 @@ class Fuzzer:
         self.counts["raw_tcp"] += 1
 
 
-def _learned(state_dir: Path) -> dict[str, bytes]:
+def _learned(state_dir: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The learned arrays of the newest snapshot, and the same arrays at initialisation."""
     found = load_latest(state_dir)
     assert found is not None, "no snapshot written"
-    return {k: np.asarray(found.arrays[k]).tobytes() for k in LEARNED if k in found.arrays}
+    initial = init_state(ModelSpec.from_dict(json.loads(str(found.meta["spec"]))))._asdict()
+    names = [k for k in LEARNED if k in found.arrays]
+    return ({k: np.asarray(found.arrays[k]).tobytes() for k in names},
+            {k: np.asarray(initial[k]).tobytes() for k in names})
 
 
 @pytest.fixture
@@ -214,11 +219,17 @@ def test_fuzz_control_socket(daemon: tuple[Any, str, Path], request: pytest.Fixt
         return call.recv_json()
 
     try:
+        deadline = time.monotonic() + 120
+        while ask({"cmd": "status"})["events_processed"] < 20_000:  # let it learn a little
+            assert time.monotonic() < deadline, "the daemon processed too few events"
+            call.poll(100)  # a bounded wait between status requests, nothing to receive
         assert ask({"cmd": "pause_learning"}) == {"ok": True, "learning": False}
         snap = ask({"cmd": "snapshot"})
         assert snap["ok"], snap
-        before = _learned(state)
+        before, initial = _learned(state)
         assert before, "the snapshot holds no learned arrays"
+        # not vacuous: a wrongly accepted reset "all" would show
+        assert before["W1"] != initial["W1"], "nothing learned before the fuzz"
 
         # (how, frames): "req"/"dealer" expect an error reply, "drop" no reply, "tcp" raw bytes
         cases: list[tuple[str, list[bytes]]] = []
@@ -263,7 +274,7 @@ def test_fuzz_control_socket(daemon: tuple[Any, str, Path], request: pytest.Fixt
         # a valid reset of the beliefs keeps what was learned, like every refused request
         assert ask({"cmd": "reset", "what": "beliefs"}) == {"ok": True, "reset": "beliefs"}
         assert ask({"cmd": "snapshot"})["ok"]
-        after = _learned(state)
+        after, _ = _learned(state)
         call.close(linger=0)
     finally:
         ctx.destroy(linger=0)
