@@ -6,7 +6,8 @@ Sections and keys (defaults in the dataclasses below)::
     [model]      keys of ``augury.model.spec.ModelSpec``, validated at load (errors name
                  ``model.KEY`` and the file); width/height come from the source
     [publish]    endpoint (ZeroMQ), rate_ms (ms between read-outs), hwm (messages),
-                 isolate_slow_subscribers (bool; see augury.publish and docs/protocol.md)
+                 isolate_slow_subscribers (bool, default true; see augury.publish and
+                 docs/protocol.md)
     [control]    endpoint (ZeroMQ, or "none": no control channel), curve_keys_dir (unset: no
                  CURVE; else server keys there, created on first start)
     [checkpoint] dir (unset: no checkpoints), every_s (s), keep (files)
@@ -145,12 +146,12 @@ class PublishConfig:
     endpoint: str = _f("tcp://127.0.0.1:5556", _ENDPOINT)
     rate_ms: float = _f(50.0, _Rule(float, lo=0.0, lo_open=True, hi=3_600_000, unit="ms"))
     hwm: int = _f(100, _Rule(int, lo=1, hi=1_000_000, unit="messages"))
-    isolate_slow_subscribers: bool = _f(False, _Rule(bool))
+    isolate_slow_subscribers: bool = _f(True, _Rule(bool))
 
 
 @dataclass(frozen=True)
 class ControlConfig:
-    """ZeroMQ REP control channel."""
+    """ZeroMQ ROUTER control channel (clients use REQ)."""
 
     endpoint: str = _f("tcp://127.0.0.1:5557", _CONTROL_ENDPOINT)
     curve_keys_dir: str | None = _f(None, _PATH)

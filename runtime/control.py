@@ -1,13 +1,21 @@
-"""ZeroMQ REP control channel: JSON commands in, JSON replies out (see docs/protocol.md).
+"""ZeroMQ ROUTER control channel: JSON commands in, JSON replies out (see docs/protocol.md).
 
-Request: one frame, a UTF-8 JSON object ``{"cmd": "<name>", ...arguments}``.
+Request: one frame, a UTF-8 JSON object ``{"cmd": "<name>", ...arguments}``, sent from a REQ
+socket (or a DEALER that sends the empty delimiter frame first, as REQ does).
 Reply: one frame, ``{"ok": true, ...result}`` or ``{"ok": false, "error": "<text>"}``.
 
-The server always replies, whatever arrives (garbage bytes, bad JSON, extra frames, an
-unknown command, a handler that raises), so the REP socket can never be wedged. Commands the
-daemon registers: ``status``, ``pause_learning``, ``resume_learning``, ``snapshot``,
-``reset``, ``set``. The server is either polled by its owner's loop (``poll``) or runs in its
-own thread (``start``/``stop``); in the latter case handlers run in that thread.
+The server answers whatever arrives (garbage bytes, bad JSON, JSON nested too deep, a request
+over ``max_request_bytes``, extra frames, a missing delimiter, an unknown command, wrong
+argument types, a handler that raises) with an error reply when the peer can be addressed,
+counts it, and goes on: no request can stop the loop. It is a ROUTER, not a REP socket, so
+it has no send/receive state machine a misbehaving peer could wedge, and it addresses each
+reply to its peer explicitly (a reply to a peer that has gone is counted, never waited for).
+Frames over ``max_frame_bytes`` (libzmq's ``ZMQ_MAXMSGSIZE``) make libzmq drop that peer's
+connection before anything is read; failed handshakes (e.g. raw bytes from a plain TCP
+client) are counted from the socket's monitor. Commands the daemon registers: ``status``,
+``pause_learning``, ``resume_learning``, ``snapshot``, ``reset``, ``set``. The server is
+either polled by its owner's loop (``poll``) or runs in its own thread (``start``/``stop``);
+in the latter case handlers run in that thread.
 
 Optional CURVE security (libzmq built with libsodium, ``zmq.has("curve")``): the server holds
 a key pair (``server.key`` + ``server.key_secret`` in a keys directory, ZeroMQ certificate
@@ -21,6 +29,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +48,65 @@ COMMANDS: tuple[str, ...] = ("status", "pause_learning", "resume_learning", "sna
                              "reset", "set")
 """Commands the daemon registers."""
 
+MAX_REQUEST_BYTES = 64 * 1024
+"""Default largest request (bytes) the server parses; a larger one gets an error reply."""
+MAX_FRAME_BYTES = 1 << 20
+"""Default ``ZMQ_MAXMSGSIZE``: a larger frame makes libzmq drop the connection (no reply)."""
+MAX_JSON_DEPTH = 16
+"""Default deepest nesting of arrays/objects in a request (the request object is depth 1)."""
+MAX_ENVELOPE_FRAMES = 16
+"""Routing frames a request may carry before its empty delimiter (REQ sends none)."""
+
 Handler = Callable[[dict[str, Any]], Mapping[str, Any] | None]
+
+
+class RequestError(ValueError):
+    """A request the server refuses; the text names the field, the value and what is allowed.
+
+    Handlers raise it for bad arguments; the reply is ``"<cmd>: <text>"`` (no type name).
+    """
+
+
+def describe(value: Any, limit: int = 40) -> str:
+    """A short description of a JSON value for an error message: type name and repr."""
+    text = repr(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def check_args(cmd: str, args: Mapping[str, Any], allowed: tuple[str, ...] = ()) -> None:
+    """Raise RequestError if ``args`` has a key outside ``allowed`` (naming key and allowed)."""
+    extra = sorted(k for k in args if k not in allowed)
+    if extra:
+        takes = f"takes only {list(allowed)}" if allowed else "takes no arguments"
+        raise RequestError(f"{cmd} {takes}; got {extra}")
+
+
+_JSON_TOKENS = re.compile(r'\\.|"|[\[\]{}]', re.S)
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text, strings skipped, without recursion.
+
+    Linear in the text (a regular-expression scan of fixed-width tokens), so it is safe to
+    run on untrusted text before ``json.loads``, whose C scanner recurses. Brackets after an
+    unterminated string are not counted (the text is then not JSON anyway).
+    """
+    depth = deepest = 0
+    in_string = False
+    for m in _JSON_TOKENS.finditer(text):
+        tok = m.group()
+        if tok == '"':
+            in_string = not in_string
+        elif in_string or len(tok) == 2:
+            continue  # a bracket inside a string, or an escape (meaningless outside one)
+        elif tok in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -81,14 +148,28 @@ def _error(text: str) -> dict[str, Any]:
     return {"ok": False, "error": text}
 
 
-def handle_request(raw: bytes, handlers: Mapping[str, Handler]) -> dict[str, Any]:
+def handle_request(raw: bytes, handlers: Mapping[str, Handler], *,
+                   max_request_bytes: int = MAX_REQUEST_BYTES,
+                   max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
     """The reply object for one raw request (pure apart from what the handler does).
 
-    Never raises: every failure becomes ``{"ok": false, "error": ...}``.
+    Never raises an Exception: every failure (size over ``max_request_bytes``, not UTF-8,
+    not JSON, nesting deeper than ``max_depth``, not an object, no ``cmd``, unknown command,
+    a handler that raises) becomes ``{"ok": false, "error": ...}`` naming what is wrong.
     """
+    if len(raw) > max_request_bytes:
+        return _error(f"request is {len(raw)} bytes; the limit is {max_request_bytes} bytes")
     try:
-        request = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _error(f"request is not UTF-8 JSON: {exc}")
+    depth = json_depth(text)
+    if depth > max_depth:
+        return _error(f"request nests JSON arrays/objects {depth} levels deep; the limit is "
+                      f"{max_depth}")
+    try:
+        request = json.loads(text)
+    except (ValueError, RecursionError) as exc:
         return _error(f"request is not UTF-8 JSON: {exc}")
     if not isinstance(request, dict):
         return _error(f"request must be a JSON object, got {type(request).__name__}")
@@ -99,9 +180,11 @@ def handle_request(raw: bytes, handlers: Mapping[str, Handler]) -> dict[str, Any
     if handler is None:
         close = difflib.get_close_matches(cmd, list(handlers), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return _error(f"unknown command {cmd!r}{hint}; known: {sorted(handlers)}")
+        return _error(f"unknown command {cmd[:64]!r}{hint}; known: {sorted(handlers)}")
     try:
         result = handler(request)
+    except RequestError as exc:
+        return _error(f"{cmd}: {exc}")
     except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the channel
         log.exception("control command %r failed", cmd)
         return _error(f"{cmd}: {type(exc).__name__}: {exc}")
@@ -120,12 +203,41 @@ def encode_reply(reply: Mapping[str, Any]) -> bytes:
         return json.dumps(_error(f"reply is not JSON-serialisable: {exc}")).encode()
 
 
+_HANDSHAKE_FAILED = 0
+for _name in ("EVENT_HANDSHAKE_FAILED_NO_DETAIL", "EVENT_HANDSHAKE_FAILED_PROTOCOL",
+              "EVENT_HANDSHAKE_FAILED_AUTH"):
+    _HANDSHAKE_FAILED |= int(getattr(zmq, _name, 0))
+
+
+@dataclass
+class ControlCounters:
+    """What the control server has seen since it started (reported by ``status``).
+
+    ``handled``: requests answered or refused; ``errors``: of which refused with an error
+    reply; ``malformed``: of which did not even form a request (no delimiter frame, several
+    body frames, too many routing frames); ``unanswered``: replies libzmq could not deliver
+    (the peer left or its queue was full); ``recv_failures``: receive calls that failed (a
+    message announced by poll that was gone); ``handshake_failures``: connections refused
+    during the ZeroMQ handshake (raw bytes from a plain TCP client, a wrong CURVE key).
+    """
+
+    handled: int = 0
+    errors: int = 0
+    malformed: int = 0
+    unanswered: int = 0
+    recv_failures: int = 0
+    handshake_failures: int = 0
+
+
 class ControlServer:
-    """REP server dispatching JSON commands to ``handlers`` (name -> callable(args) -> dict).
+    """ROUTER server dispatching JSON commands to ``handlers`` (name -> callable(args) -> dict).
 
     ``curve``: server key pair to require CURVE encryption; ``curve_clients_dir``: directory
     of authorised client public keys (``*.key``); None lets any client that knows the server
-    key in. ``max_request_bytes``: larger requests make libzmq drop the connection.
+    key in. ``max_request_bytes``: larger requests get an error reply; ``max_frame_bytes``:
+    larger frames make libzmq drop the connection (no reply; it bounds memory); ``max_depth``:
+    deepest JSON nesting parsed; ``max_per_poll``: most requests handled by one ``poll``.
+    Counters: ``counters`` (also ``handled``, ``errors``).
     """
 
     def __init__(
@@ -136,28 +248,58 @@ class ControlServer:
         curve: CurveKeys | None = None,
         curve_clients_dir: str | os.PathLike[str] | None = None,
         context: zmq.Context | None = None,
-        max_request_bytes: int = 1 << 20,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        max_depth: int = MAX_JSON_DEPTH,
+        max_per_poll: int = 64,
     ) -> None:
+        if max_per_poll < 1:
+            raise ValueError(f"max_per_poll must be >= 1, got {max_per_poll}")
+        if not 0 < max_request_bytes <= max_frame_bytes:
+            raise ValueError(f"need 0 < max_request_bytes ({max_request_bytes}) <= "
+                             f"max_frame_bytes ({max_frame_bytes})")
+        if max_depth < 1:
+            raise ValueError(f"max_depth must be >= 1, got {max_depth}")
         self.handlers: dict[str, Handler] = dict(handlers or {})
-        self.handled = 0
-        self.errors = 0
+        self.counters = ControlCounters()
+        self.max_request_bytes = max_request_bytes
+        self.max_depth = max_depth
+        self.max_per_poll = max_per_poll
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
         self._auth = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = True
-        self._socket = self._context.socket(zmq.REP)
+        self._monitor: zmq.Socket | None = None
+        self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, max_request_bytes)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # undeliverable replies raise: counted
         try:
             if curve is not None:
                 self._setup_curve(curve, curve_clients_dir)
+            if _HANDSHAKE_FAILED:
+                self._monitor = self._socket.get_monitor_socket(_HANDSHAKE_FAILED)
             self._socket.bind(endpoint)
         except (zmq.ZMQError, ValueError) as exc:
             self._teardown()
             raise OSError(f"cannot start control server on {endpoint}: {exc}") from exc
         self._closed = False
+
+    @property
+    def handled(self) -> int:
+        """Requests answered or refused so far."""
+        return self.counters.handled
+
+    @property
+    def errors(self) -> int:
+        """Requests refused with an error reply so far."""
+        return self.counters.errors
+
+    def stats(self) -> dict[str, int]:
+        """The counters as a plain dict (for ``status``)."""
+        return dict(vars(self.counters))
 
     def _setup_curve(self, curve: CurveKeys, clients_dir: str | os.PathLike[str] | None) -> None:
         if not zmq.has("curve"):
@@ -179,27 +321,80 @@ class ControlServer:
         """The endpoint actually bound (the real port when bound to ``tcp://host:*``)."""
         return self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
+    def _drain_monitor(self) -> None:
+        """Count the handshake failures the socket monitor reported (never blocks)."""
+        if self._monitor is None:
+            return
+        while self._monitor.poll(0, zmq.POLLIN):
+            try:
+                self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                return
+            self.counters.handshake_failures += 1
+
+    def _route_and_body(self, frames: list[bytes]) -> tuple[list[bytes], list[bytes], str]:
+        """Split a ROUTER message into (reply route, body frames, envelope error or "").
+
+        A REQ peer's message is ``[identity, b"", request]``; proxies may add routing frames
+        before the delimiter. Without a delimiter (a DEALER or a raw ZMTP peer) the reply goes
+        to the identity alone, so a DEALER still reads the error.
+        """
+        identity, rest = frames[:1], frames[1:]
+        for i, frame in enumerate(rest[:MAX_ENVELOPE_FRAMES + 1]):
+            if not frame:
+                return identity + rest[:i + 1], rest[i + 1:], ""
+        if len(rest) > MAX_ENVELOPE_FRAMES:
+            return identity, [], (f"request has no empty delimiter frame within "
+                                  f"{MAX_ENVELOPE_FRAMES} routing frames")
+        return identity, rest, ("request lacks the empty delimiter frame (send from a REQ "
+                                "socket, or a DEALER that sends an empty frame first)")
+
+    def _answer(self, frames: list[bytes]) -> None:
+        """Reply to one received ROUTER message; count it. Never raises an Exception."""
+        route: list[bytes] = frames[:1]
+        try:
+            route, body, envelope_error = self._route_and_body(frames)
+            if envelope_error:
+                self.counters.malformed += 1
+                reply = _error(envelope_error)
+            elif len(body) != 1:
+                self.counters.malformed += 1
+                reply = _error(f"request must be one frame, got {len(body)}")
+            else:
+                reply = handle_request(body[0], self.handlers,
+                                       max_request_bytes=self.max_request_bytes,
+                                       max_depth=self.max_depth)
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any request
+            log.exception("control request could not be handled")
+            reply = _error(f"internal error: {type(exc).__name__}: {exc}")
+        self.counters.handled += 1
+        self.counters.errors += 0 if reply.get("ok") else 1
+        try:
+            self._socket.send_multipart([*route, encode_reply(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH) or its queue full (EAGAIN)
+            self.counters.unanswered += 1
+            log.debug("control reply not delivered: %s", exc)
+
     def _serve(self, timeout_ms: int) -> int:
         n = 0
         wait = timeout_ms
-        while self._socket.poll(wait, zmq.POLLIN):
+        self._drain_monitor()
+        while n < self.max_per_poll and self._socket.poll(wait, zmq.POLLIN):
             wait = 0
-            frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            reply = _error("interrupted")
             try:
-                if len(frames) != 1:
-                    reply = _error(f"request must be one frame, got {len(frames)}")
-                else:
-                    reply = handle_request(frames[0], self.handlers)
-            finally:  # even on KeyboardInterrupt: a REP socket must answer before recv
-                self._socket.send(encode_reply(reply))
-            self.handled += 1
-            self.errors += 0 if reply.get("ok") else 1
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # announced by poll, gone by now: count, go on
+                self.counters.recv_failures += 1
+                log.debug("control receive failed: %s", exc)
+                break
+            self._answer(frames)
             n += 1
+        self._drain_monitor()
         return n
 
     def poll(self, timeout_ms: int = 0) -> int:
-        """Handle every pending request, waiting up to ``timeout_ms`` for the first; count."""
+        """Handle pending requests, at most ``max_per_poll`` (so a flood of requests cannot
+        hold the owner's loop), waiting up to ``timeout_ms`` for the first; their count."""
         if self._thread is not None:
             raise RuntimeError("poll() while the server thread is running; call stop() first")
         return self._serve(timeout_ms)
@@ -224,6 +419,13 @@ class ControlServer:
             self._thread = None
 
     def _teardown(self) -> None:
+        if self._monitor is not None:
+            try:
+                self._socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self._monitor.close(linger=0)
+            self._monitor = None
         self._socket.close(linger=0)
         if self._auth is not None:
             self._auth.stop()

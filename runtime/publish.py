@@ -16,14 +16,16 @@ Header (schema 1)::
 ``encode_message`` / ``decode_message`` are pure functions shared by the publisher and
 ``augury.client`` so the round trip can be tested without sockets.
 
-Slow subscribers: the socket is an XPUB with ``XPUB_NODROP`` so a full send queue (``hwm``
-messages for some subscriber of that topic) makes the non-blocking send fail; the message is
-then dropped for every subscriber of the topic and counted in ``Publisher.dropped[topic]``.
-Its sequence number is still consumed, so subscribers see the loss as a gap. Known drawback:
-one stalled subscriber holds every subscriber of the same topic to its pace once its queue is
-full. ``isolate_slow_subscribers=True`` selects plain PUB behaviour instead (libzmq drops per
-subscriber, fast ones get everything) at the price that the publisher cannot count the drops:
-only the subscribers' sequence gaps show them.
+Slow subscribers are isolated by default (``isolate_slow_subscribers=True``): libzmq drops
+per subscriber, so a subscriber whose queue (``hwm`` messages) is full loses messages, seen as
+gaps in its sequence numbers, while every other subscriber keeps receiving everything. Known
+drawback: the publisher cannot count those drops (``Publisher.dropped`` stays empty; only
+the subscribers' gaps show them). ``isolate_slow_subscribers=False`` selects ``XPUB_NODROP``
+instead: a full send queue of some subscriber of a topic makes the non-blocking send fail,
+the message is dropped for every subscriber of the topic and counted in
+``Publisher.dropped[topic]`` (its sequence number is still consumed, so subscribers see a
+gap). Its drawback made it unfit as the default: one stalled subscriber holds every
+subscriber of the same topic to its pace (a subscriber that never reads starves them all).
 """
 
 from __future__ import annotations
@@ -267,9 +269,12 @@ class Publisher:
     """Non-blocking schema-v1 publisher on a ZeroMQ XPUB socket.
 
     ``publish`` never blocks: when a subscriber's queue holds ``hwm`` messages the message is
-    dropped and counted in ``dropped[topic]``. Arrays are sent zero-copy: the caller must not
-    modify an array after handing it to ``publish`` (a queued message still references its
-    memory until it is sent, possibly much later); pass copies of live state.
+    dropped for that subscriber only (``isolate_slow_subscribers=True``, the default; not
+    counted here) or for every subscriber of the topic and counted in ``dropped[topic]``
+    (``False``; one stalled subscriber then starves the others). Arrays are sent zero-copy:
+    the caller must not modify an array after handing it to ``publish`` (a queued message
+    still references its memory until it is sent, possibly much later); pass copies of live
+    state.
     Not thread-safe: call it from one thread.
     """
 
@@ -279,7 +284,7 @@ class Publisher:
         *,
         hwm: int = 100,
         context: zmq.Context | None = None,
-        isolate_slow_subscribers: bool = False,
+        isolate_slow_subscribers: bool = True,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if hwm < 1:

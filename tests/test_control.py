@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import random
 import re
+import socket
 import threading
+import time
 
 import pytest
 import zmq
 
 from augury.control import (
+    MAX_JSON_DEPTH,
     ControlClient,
     ControlServer,
+    RequestError,
+    check_args,
     create_curve_keys,
     handle_request,
+    json_depth,
     load_curve_keys,
     server_curve_keys,
 )
@@ -155,6 +162,27 @@ def test_polled_server_handles_all_pending_requests(ctx) -> None:
             c.close()
 
 
+def test_one_poll_handles_at_most_max_per_poll_requests(ctx) -> None:
+    """A flood of requests cannot hold the owner's loop (the daemon's engine) in one poll."""
+    with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx,
+                       max_per_poll=4) as server:
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.rcvtimeo = 3000
+        dealer.connect(server.bound_endpoint)
+        for _ in range(10):
+            dealer.send_multipart([b"", b'{"cmd": "status"}'])
+        handled: list[int] = []
+        while sum(handled) < 10:
+            n = server.poll(3000)
+            assert n > 0, "a request went unanswered"
+            handled.append(n)
+        assert max(handled) <= 4 and len(handled) >= 3
+        replies = [json.loads(dealer.recv_multipart()[-1]) for _ in range(10)]
+        assert all(r["ok"] for r in replies)
+        dealer.close(linger=0)
+
+
 def test_client_times_out_then_recovers(ctx) -> None:
     with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx) as server:
         client = ControlClient(server.bound_endpoint, timeout_ms=200, context=ctx)
@@ -168,9 +196,9 @@ def test_client_times_out_then_recovers(ctx) -> None:
         client.close()
 
 
-def test_oversized_request_drops_that_peer_only(ctx) -> None:
+def test_frame_over_max_frame_bytes_drops_that_peer_only(ctx) -> None:
     with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx,
-                       max_request_bytes=1024) as server:
+                       max_request_bytes=512, max_frame_bytes=1024) as server:
         server.start()
         try:
             with ControlClient(server.bound_endpoint, timeout_ms=300, context=ctx) as client, \
@@ -180,6 +208,121 @@ def test_oversized_request_drops_that_peer_only(ctx) -> None:
                 assert client.call("status")["ok"] is True
         finally:
             server.stop()
+
+
+def test_request_over_max_request_bytes_gets_an_error_naming_the_limit(ctx) -> None:
+    with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx,
+                       max_request_bytes=1024, max_frame_bytes=8192) as server:
+        server.start()
+        try:
+            with ControlClient(server.bound_endpoint, timeout_ms=3000, context=ctx) as client:
+                reply = client.call("set", key="blob", value="x" * 4096)
+                assert reply["ok"] is False
+                assert re.search(r"request is \d+ bytes; the limit is 1024 bytes", reply["error"])
+                assert client.call("status")["ok"] is True
+        finally:
+            server.stop()
+        assert server.counters.errors == 1 and server.counters.handled == 2
+
+
+# --- hardening regressions (issue 10) ------------------------------------------------
+
+
+def test_raw_tcp_bytes_never_stop_a_polled_server(ctx) -> None:
+    """Defect 1: random bytes from a plain TCP client made ``poll`` raise zmq.Again (the REP
+    socket announced a message, then dropped it for its bad envelope), killing the daemon.
+    Now every message is answered or counted, and a real client is served afterwards."""
+    rng = random.Random(10)
+    with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx) as server:
+        port = int(server.bound_endpoint.rsplit(":", 1)[1])
+        for _ in range(7):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(rng.randbytes(1200))
+                deadline = time.monotonic() + 0.3
+                while time.monotonic() < deadline:  # the owner's loop keeps polling
+                    server.poll(20)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            server.poll(20)
+        c = server.counters
+        assert c.malformed + c.handshake_failures + c.recv_failures > 0, server.stats()
+        assert c.malformed == c.errors  # every message that arrived was refused, none ran
+        client = ControlClient(server.bound_endpoint, timeout_ms=3000, context=ctx)
+        t = _serve_in_thread(server, 1)
+        assert client.call("status")["ok"] is True
+        t.join(5)
+        client.close()
+
+
+def test_dealer_without_delimiter_and_extra_frames_get_error_replies(ctx) -> None:
+    with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx) as server:
+        server.start()
+        try:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.linger = 0
+            dealer.rcvtimeo = 3000
+            dealer.connect(server.bound_endpoint)
+            dealer.send(b'{"cmd": "status"}')  # no empty delimiter frame
+            assert "lacks the empty delimiter" in json.loads(dealer.recv())["error"]
+            dealer.send_multipart([b"", b'{"cmd": "status"}'])  # as REQ sends it
+            assert dealer.recv_multipart() == [b"", json.dumps(
+                {"ok": True, "learning": True, "settings": {}}).encode()]
+            dealer.send_multipart([b"x"] * 40)  # no delimiter within the routing limit
+            assert "no empty delimiter frame" in json.loads(dealer.recv())["error"]
+            dealer.close(linger=0)
+        finally:
+            server.stop()
+        assert server.counters.malformed == 2 and server.counters.handled == 3
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"cmd": "status", "x": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def test_deeply_nested_json_gets_an_error_naming_the_depth() -> None:
+    """Defect 2: 1,100 nested arrays (2.2 KB) raised RecursionError out of the server."""
+    raw = _nested(1100)
+    assert len(raw) < 2300
+    reply = handle_request(raw, FakeDaemon().handlers())
+    assert reply["ok"] is False
+    assert f"1101 levels deep; the limit is {MAX_JSON_DEPTH}" in reply["error"]
+    ok = handle_request(_nested(MAX_JSON_DEPTH - 1), FakeDaemon().handlers())
+    assert ok == {"ok": True, "learning": True, "settings": {}}
+
+
+def test_deep_json_over_the_socket_leaves_the_server_answering(ctx) -> None:
+    with ControlServer("tcp://127.0.0.1:*", FakeDaemon().handlers(), context=ctx) as server:
+        raw = ctx.socket(zmq.REQ)
+        raw.linger = 0
+        raw.rcvtimeo = 3000
+        raw.connect(server.bound_endpoint)
+        for depth in (1100, 30_000):  # 60 KB: under the size limit
+            raw.send(_nested(depth))
+            while not server.poll(100):
+                pass
+            assert "levels deep" in json.loads(raw.recv())["error"]
+        raw.close(linger=0)
+        assert server.counters.errors == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [("1", 0), ("{}", 1), ('{"a": [1, {"b": []}]}', 4), ('["[[[", "\\"", "]"]', 1),
+     ('{"a": "\\\\"}', 1), ("[" * 50, 50), ('"[[[' , 0)],
+)
+def test_json_depth_skips_strings_and_escapes(text: str, depth: int) -> None:
+    assert json_depth(text) == depth
+
+
+def test_request_errors_name_the_command_without_a_type_name() -> None:
+    def strict(args):
+        check_args("status", args)
+        return {}
+
+    reply = handle_request(b'{"cmd": "status", "verbose": 1}', {"status": strict})
+    assert reply == {"ok": False, "error": "status: status takes no arguments; got ['verbose']"}
+    with pytest.raises(RequestError, match=r"takes only \['what'\]; got \['how'\]"):
+        check_args("reset", {"how": 1}, ("what",))
 
 
 def test_reply_that_json_cannot_carry_becomes_an_error(ctx) -> None:

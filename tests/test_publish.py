@@ -215,9 +215,11 @@ def test_subscriber_matches_topics_exactly(ctx) -> None:
 
 
 def test_slow_subscriber_never_blocks_the_publisher_and_drops_are_counted(ctx) -> None:
+    """In the counting mode (not the default): drops are counted and seen as gaps."""
     big = np.ones(256 * 1024, dtype=np.float32)  # 1 MiB per message
     n = 400
-    with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx) as pub, \
+    with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx,
+                   isolate_slow_subscribers=False) as pub, \
             Subscriber(pub.bound_endpoint, topics=("beliefs",), hwm=4, context=ctx) as sub:
         _wait_subscribed(pub)
         t0 = time.perf_counter()
@@ -242,7 +244,9 @@ def test_slow_subscriber_never_blocks_the_publisher_and_drops_are_counted(ctx) -
 
 
 def test_a_stalled_subscriber_of_one_topic_does_not_drop_other_topics(ctx) -> None:
-    with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx) as pub, \
+    """Even in the counting mode a stall holds back only the topics it subscribes to."""
+    with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx,
+                   isolate_slow_subscribers=False) as pub, \
             Subscriber(pub.bound_endpoint, topics=("beliefs",), hwm=4, context=ctx) as slow, \
             Subscriber(pub.bound_endpoint, topics=("stats",), context=ctx) as monitor:
         _wait_subscribed(pub, n_events=2)
@@ -258,11 +262,40 @@ def test_a_stalled_subscriber_of_one_topic_does_not_drop_other_topics(ctx) -> No
         assert slow.recv(timeout_ms=1000) is not None  # it was never starved, just slow
 
 
+def test_by_default_a_stalled_subscriber_never_starves_a_healthy_one(ctx) -> None:
+    """Defect 6 (issue 10): with the old default (XPUB_NODROP) a subscriber that never reads
+    left a healthy subscriber of the same topic with nothing once its queue was full (about
+    50 s in the daemon). By default the publisher now isolates slow subscribers: for 3 s of
+    publishing the healthy one never waits more than a second and gets nearly everything."""
+    duration_s = 3.0
+    with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx) as pub, \
+            Subscriber(pub.bound_endpoint, topics=("beliefs",), hwm=4, context=ctx) as stalled, \
+            Subscriber(pub.bound_endpoint, topics=("beliefs",), context=ctx) as healthy:
+        _wait_subscribed(pub, n_events=2)
+        big = np.ones(64 * 1024, dtype=np.float32)  # 256 KiB: the stalled queue fills fast
+        t0 = last = time.monotonic()
+        longest_wait_s = 0.0
+        offered = received = 0
+        while time.monotonic() - t0 < duration_s:
+            pub.publish("beliefs", {"b": big}, stream_time_us=offered)
+            offered += 1
+            msg = healthy.recv(timeout_ms=100)
+            now = time.monotonic()
+            if msg is not None:
+                received += 1
+                longest_wait_s = max(longest_wait_s, now - last)
+                last = now
+        longest_wait_s = max(longest_wait_s, time.monotonic() - last)
+        assert longest_wait_s < 1.0, f"healthy subscriber waited {longest_wait_s:.1f} s"
+        assert received >= 0.9 * offered, (received, offered)
+        assert len(list(stalled)) < offered  # the stalled one really was behind
+
+
 @pytest.mark.parametrize("isolate", [True, False])
 def test_slow_subscriber_effect_on_a_fast_one_depends_on_the_mode(ctx, isolate) -> None:
     """A fast subscriber that reads every message before the next is published, next to one
-    that never reads: isolated, the fast one gets everything; by default (XPUB_NODROP) the
-    slow one's full queue makes messages drop for both (the documented drawback)."""
+    that never reads: isolated (the default), the fast one gets everything; with XPUB_NODROP
+    the slow one's full queue makes messages drop for both (the documented drawback)."""
     with Publisher("tcp://127.0.0.1:*", hwm=4, context=ctx,
                    isolate_slow_subscribers=isolate) as pub, \
             Subscriber(pub.bound_endpoint, topics=("beliefs",), hwm=4, context=ctx) as slow, \
