@@ -280,7 +280,7 @@ def _overrides(**opts: object) -> dict[str, object]:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML configuration file (see deploy/augury.toml).")
 @click.option("--publish", help="ZeroMQ PUB endpoint [tcp://127.0.0.1:5556].")
-@click.option("--control", help="ZeroMQ REP control endpoint, or 'none' [tcp://127.0.0.1:5557].")
+@click.option("--control", help="ZeroMQ control endpoint (ROUTER, JSON requests), or 'none' [tcp://127.0.0.1:5557].")
 @click.option("--pace", type=click.Choice(["asap", "realtime"]), help="Replay pacing.")
 @click.option("--speed", type=float, help="Real-time factor when --pace realtime.")
 @click.option("--batch-us", type=int, help="Batch span in µs.")
