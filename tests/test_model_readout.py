@@ -2,7 +2,7 @@
 
 Covers 1 and 2 layers, per-column weights, fixed point, an odd geometry, random states,
 a fresh and a reset network, silence, a real Prophesee recording; the returned arrays
-are fresh (the publisher sends them zero-copy); non-finite state reaches the read-out.
+are fresh (callers may keep them); non-finite state reaches the read-out.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def test_parity_real_recording() -> None:
 
 
 def test_returned_arrays_are_fresh() -> None:
-    """Nothing returned aliases the state or a later read-out (sent zero-copy)."""
+    """Nothing returned aliases the state or a later read-out (callers keep them)."""
     spec = ModelSpec(width=64, height=48, layers=2)
     net = Network(spec)
     ev = bars(64, 48, 20_000, seed=4)

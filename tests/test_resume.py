@@ -91,7 +91,7 @@ def test_expert_settings_of_another_shape_restart_the_experts_only(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A checkpoint written with other rate experts (another NE): the learned weights are
     kept, the experts' arrays restart, and the log names them."""
-    old = ModelSpec(**{**SPEC.to_dict(), "mix_taus_us": (50_000, 200_000, 1_000_000)})
+    old = ModelSpec(**{**SPEC.to_dict(), "mix_taus_us": (50_000, 200_000, 1_000_000, 5_000_000)})
     net = _trained(old)
     _save(tmp_path, net)
     back = Network(SPEC)
@@ -124,3 +124,15 @@ def test_daemon_resumes_a_checkpoint_written_with_other_default_geometry(tmp_pat
         daemon.close()
     with pytest.raises(ValueError, match="layers=2 there, 1 configured"):
         build_daemon(load_config(None, {**base, "model.layers": 1}))
+
+
+def test_a_spec_read_back_from_json_has_no_differences() -> None:
+    """The saved spec comes back from JSON (tuples as lists): the same spec must not be
+    reported as changed hyper-parameters on every resume."""
+    import json
+
+    from augury.model.compat import spec_differences
+
+    assert spec_differences(json.loads(json.dumps(SPEC.to_dict())), SPEC) == {}
+    other = {**json.loads(json.dumps(SPEC.to_dict())), "mix_taus_us": [1_000, 2_000]}
+    assert set(spec_differences(other, SPEC)) == {"mix_taus_us"}

@@ -69,7 +69,12 @@ def spec_differences(saved: dict[str, Any], spec: ModelSpec) -> dict[str, tuple[
     saved value differs; a field the saved spec lacks (an older version) is listed with the
     saved value None."""
     now = spec.to_dict()
-    return {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    return {k: (saved.get(k), v) for k, v in now.items() if _plain(saved.get(k)) != _plain(v)}
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON gives it back: tuples (``mix_taus_us``) compare as lists."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def reconcile(saved_spec_json: str, arrays: dict[str, np.ndarray],

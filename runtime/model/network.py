@@ -355,7 +355,7 @@ def compute_readout(spec: ModelSpec, st: State, t_us: int) -> Readout:
     The same quantities as ``compute_readout_numpy`` (its reference twin; equal to float
     tolerance, tested), several times faster: no transposes or broadcasts, silent columns
     skipped where their contribution is known (zero residual, zero beliefs). Every returned
-    array is freshly allocated (the publisher sends them zero-copy). Counts are left at 0;
+    array is freshly allocated (safe to hand to the publisher or keep). Counts are left at 0;
     ``Network.readout`` fills them.
     """
     r1, c1 = spec.grid1

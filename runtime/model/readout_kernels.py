@@ -25,7 +25,7 @@ the engine reads out) with the fast-math flags that only reassociate and fuse
 keep their IEEE meaning). The step kernels take State arrays and fill caller-allocated
 outputs; ``readout_arrays`` chains them in one call (one dispatch and one release of the
 GIL per read-out: ~30 separate calls cost 25 % more at 640×480) and returns fresh arrays,
-which the publisher may send zero-copy. Sums are float64, published arrays are cast to
+which the caller may keep or publish. Sums are float64, published arrays are cast to
 float32 when written. Silent columns' traces and predictions are not read (the engine
 keeps them at 0). A NaN or Inf in any other state array the twin reads still reaches some
 published number (the daemon's roll-back relies on it): a skipped product is replaced by
