@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,13 @@ from augury.adapters.base import EventSource
 from augury.adapters.replay import paced
 from augury.adapters.ring import EventRing
 from augury.checkpoint import CheckpointError, CheckpointManager
-from augury.control import ControlServer
+from augury.control import ControlServer, Handler, RequestError, check_args
+from augury.control_commands import (
+    parse_reset,
+    parse_set,
+    setting_learning,
+    setting_publish_every_us,
+)
 from augury.events import EventBatch
 from augury.model.compat import reconcile
 from augury.model.network import Network, Readout
@@ -255,47 +261,61 @@ class Pipeline:
             "uptime_s": time.monotonic() - m.started_s,
         }
 
-    def control_handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        def pause(_: dict[str, Any]) -> dict[str, Any]:
+    def control_handlers(self) -> dict[str, Handler]:
+        """The control commands over this pipeline, every argument checked (RequestError).
+
+        ``status`` (plus the control server's counters when one is wired), ``pause_learning``,
+        ``resume_learning``, ``snapshot`` take no argument; ``reset`` resets exactly the
+        scope it names (``RESET_SCOPES``: ``beliefs``, the default, keeps everything learned
+        and is the stream-restart notion; ``all`` is a fresh network); ``set`` takes
+        ``{"key": NAME, "value": V}`` or ``{NAME: V, ...}`` (``SETTABLE``), all checked
+        before any is applied (augury.control_commands).
+        """
+        def status(args: dict[str, Any]) -> dict[str, Any]:
+            check_args("status", args)
+            if self.control is None:
+                return self.status()
+            return {**self.status(), "control": self.control.stats()}
+
+        def pause(args: dict[str, Any]) -> dict[str, Any]:
+            check_args("pause_learning", args)
             self.network.freeze_learning()
             return {"learning": False}
 
-        def resume(_: dict[str, Any]) -> dict[str, Any]:
+        def resume(args: dict[str, Any]) -> dict[str, Any]:
+            check_args("resume_learning", args)
             self.network.resume_learning()
             return {"learning": True}
 
-        def snapshot(_: dict[str, Any]) -> dict[str, Any]:
+        def snapshot(args: dict[str, Any]) -> dict[str, Any]:
+            check_args("snapshot", args)
             if self.checkpoints is None:
-                raise ValueError("no state directory configured (--state-dir)")
+                raise RequestError("no state directory configured (--state-dir)")
             path = self.checkpoints.save_now(self.state_snapshot)
             return {"path": str(path)}
 
-        def reset(_: dict[str, Any]) -> dict[str, Any]:
-            self.network.reset()
-            self._good = None
-            return {"reset": True}
+        def reset(args: dict[str, Any]) -> dict[str, Any]:
+            what = parse_reset(args)
+            if what == "beliefs":
+                restart_stream(self.network)  # learned state kept
+            else:
+                self.network.reset()
+                self._good = None  # the roll-back copy holds what was just reset
+            log.info("control: reset %s", what)
+            return {"reset": what}
 
-        def set_(req: dict[str, Any]) -> dict[str, Any]:
-            changed: dict[str, Any] = {}
-            for key, value in req.items():
-                if key == "cmd":
-                    continue
+        def set_(args: dict[str, Any]) -> dict[str, Any]:
+            checked = parse_set(args)  # everything checked before anything is applied
+            for key, value in checked.items():
                 if key == "publish_every_us":
-                    v = int(value)
-                    if not 100 <= v <= 3_600_000_000:
-                        raise ValueError("publish_every_us must be in 100..3600000000 µs")
-                    self.publish_every_us = v
+                    self.publish_every_us = setting_publish_every_us(value)
                 elif key == "learning":
-                    (self.network.resume_learning if bool(value)
+                    (self.network.resume_learning if setting_learning(value)
                      else self.network.freeze_learning)()
-                else:
-                    raise ValueError(f"cannot set {key!r} at run time; settable: "
-                                     "publish_every_us, learning")
-                changed[key] = value
-            return {"set": changed}
+            return {"set": checked}
 
-        return {"status": lambda _: self.status(), "pause_learning": pause,
-                "resume_learning": resume, "snapshot": snapshot, "reset": reset, "set": set_}
+        return {"status": status, "pause_learning": pause, "resume_learning": resume,
+                "snapshot": snapshot, "reset": reset, "set": set_}
 
     # -- engine -----------------------------------------------------------------------------
     def _restart_reason(self, batch: EventBatch, *, first: bool, restarted: bool) -> str | None:

@@ -257,3 +257,51 @@ def test_a_resume_and_a_mid_run_clock_restart_take_the_same_path(
     for name in LEARNED:
         np.testing.assert_array_equal(results["resume"][0][name], results["mid-run"][0][name],
                                       err_msg=name)
+
+
+def test_a_bare_pipeline_wired_to_a_control_server_checks_every_command() -> None:
+    """Issue 10, defect 3 follow-up: the checked commands lived in the daemon and replaced
+    the pipeline's own, so a Pipeline wired directly to a ControlServer accepted ``reset``
+    with any ``what`` (123 included), wiped the learned weights on ``reset beliefs`` and
+    took ``"learning": "false"`` as true. There is now one implementation, the pipeline's."""
+    import json
+
+    from augury.adapters.base import open_source
+    from augury.control import ControlServer, handle_request
+
+    source = open_source(SCENE)
+    control = ControlServer("tcp://127.0.0.1:*")  # not polled: requests go to its handlers
+    p = Pipeline(source, Network(ModelSpec(width=64, height=48, pool=4)),
+                 Publisher("tcp://127.0.0.1:*"),
+                 PipelineOptions(batch_us=1_000, publish_every_us=20_000), control=control)
+
+    def ask(request: dict[str, object]) -> dict[str, object]:
+        return handle_request(json.dumps(request).encode(), control.handlers)
+
+    try:
+        p.run(max_batches=200)
+        net = p.network
+        learned = {k: v.tobytes() for k, v in net.learned_arrays().items()}
+        assert net.learned_arrays()["W1"].any()  # something was learned
+
+        bad = ask({"cmd": "reset", "what": 123})
+        assert bad["ok"] is False
+        assert "\"what\" must be one of ['beliefs', 'all'], got int" in str(bad["error"])
+        assert {k: v.tobytes() for k, v in net.learned_arrays().items()} == learned
+        assert net.t_us > 0  # nothing was reset either
+
+        assert ask({"cmd": "reset", "what": "beliefs"}) == {"ok": True, "reset": "beliefs"}
+        assert {k: v.tobytes() for k, v in net.learned_arrays().items()} == learned
+        assert net.t_us == 0  # the fast state (clock included) did restart
+
+        assert ask({"cmd": "set", "learning": "false"})["ok"] is False
+        assert net.learning is True
+        assert ask({"cmd": "set", "key": "learning", "value": False}) == \
+            {"ok": True, "set": {"learning": False}}
+        assert net.learning is False
+        assert ask({"cmd": "status", "x": 1})["ok"] is False
+        assert "control" in ask({"cmd": "status"})  # the server's counters are included
+    finally:
+        control.close()
+        p.publisher.close(linger=0)
+        source.close()
