@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +19,12 @@ import numpy as np
 from augury.adapters.base import EventSource, open_source, parse_uri
 from augury.checkpoint import CheckpointManager
 from augury.config import Config
-from augury.control import (
-    ControlServer,
-    Handler,
-    RequestError,
-    check_args,
-    describe,
-    server_curve_keys,
-)
+from augury.control import ControlServer, server_curve_keys
 from augury.events import EventBatch, empty_events, make_events
 from augury.model.compat import GEOMETRY_KEYS
 from augury.model.network import Network
 from augury.model.spec import ModelSpec
-from augury.pipeline import Pipeline, PipelineOptions, restart_stream, restore_network
+from augury.pipeline import Pipeline, PipelineOptions, restore_network
 from augury.publish import Publisher
 
 log = logging.getLogger("augury.daemon")
@@ -89,116 +82,6 @@ def warm_up(spec: ModelSpec) -> None:
                                         np.array([1])), 1, 2, 1))
 
 
-RESET_SCOPES: dict[str, str] = {
-    "beliefs": "fast state only (traces, beliefs, sent values, active columns, clock); "
-               "learned arrays, counters and surprise baselines are kept",
-    "all": "the whole network back to its seeded initial state, learned weights included",
-}
-"""``reset`` scopes: what each one resets (``what`` defaults to ``beliefs``)."""
-
-PUBLISH_EVERY_US_RANGE = (100, 3_600_000_000)
-"""Allowed ``set publish_every_us`` values, µs."""
-
-
-def _setting_publish_every_us(value: object) -> int:
-    lo, hi = PUBLISH_EVERY_US_RANGE
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RequestError(f"publish_every_us must be a JSON integer (µs), got "
-                           f"{describe(value)}")
-    if not lo <= value <= hi:
-        raise RequestError(f"publish_every_us must be in {lo}..{hi} µs, got {value}")
-    return value
-
-
-def _setting_learning(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise RequestError(f"learning must be a JSON boolean (true or false), got "
-                           f"{describe(value)}")
-    return value
-
-
-SETTABLE: dict[str, Callable[[object], object]] = {
-    "learning": _setting_learning,
-    "publish_every_us": _setting_publish_every_us,
-}
-"""Run-time settings of ``set`` and the checker of each value (raises RequestError)."""
-
-
-def parse_set(args: dict[str, Any]) -> dict[str, object]:
-    """The checked settings of a ``set`` request, ``{name: value}``; RequestError otherwise.
-
-    Two forms: the documented ``{"key": NAME, "value": V}`` and the short ``{NAME: V, ...}``
-    (several at once). Every name and value is checked before anything is applied.
-    """
-    if "key" in args or "value" in args:
-        check_args("set", args, ("key", "value"))
-        if "key" not in args or "value" not in args:
-            raise RequestError('set takes "key" and "value" together')
-        key = args["key"]
-        if not isinstance(key, str):
-            raise RequestError(f'"key" must be a string, got {describe(key)}')
-        pairs = {key: args["value"]}
-    else:
-        pairs = dict(args)
-    if not pairs:
-        raise RequestError(f'set needs {{"key": NAME, "value": V}}; settable: {sorted(SETTABLE)}')
-    checked: dict[str, object] = {}
-    for key, value in pairs.items():
-        if key not in SETTABLE:
-            raise RequestError(f"cannot set {key[:64]!r} at run time; settable: "
-                               f"{', '.join(sorted(SETTABLE))}")
-        checked[key] = SETTABLE[key](value)
-    return checked
-
-
-def control_handlers(pipeline: Pipeline, control: ControlServer) -> dict[str, Handler]:
-    """The daemon's control commands over ``pipeline``, with every argument checked.
-
-    They replace the pipeline's own handlers: arguments are refused by name and type
-    (RequestError), ``reset`` resets exactly the scope it names (``RESET_SCOPES``), ``set``
-    takes the documented ``key``/``value`` form, and ``status`` adds the control counters.
-    """
-    base = pipeline.control_handlers()
-    network = pipeline.network
-
-    def no_args(cmd: str) -> Handler:
-        def handler(args: dict[str, Any]) -> dict[str, Any]:
-            check_args(cmd, args)
-            return base[cmd](args)
-        return handler
-
-    def status(args: dict[str, Any]) -> dict[str, Any]:
-        check_args("status", args)
-        return {**pipeline.status(), "control": control.stats()}
-
-    def reset(args: dict[str, Any]) -> dict[str, Any]:
-        check_args("reset", args, ("what",))
-        what = args.get("what", "beliefs")
-        if not isinstance(what, str) or what not in RESET_SCOPES:
-            raise RequestError(f'"what" must be one of {list(RESET_SCOPES)}, got '
-                               f"{describe(what)}")
-        if what == "beliefs":
-            restart_stream(network)  # the stream-restart notion: learned state kept
-        else:
-            base["reset"]({})  # network.reset() and the rollback copy dropped
-        log.info("control: reset %s", what)
-        return {"reset": what}
-
-    def set_(args: dict[str, Any]) -> dict[str, Any]:
-        checked = parse_set(args)
-        for key, value in checked.items():
-            if key == "publish_every_us":
-                pipeline.publish_every_us = _setting_publish_every_us(value)
-            elif key == "learning":
-                (network.resume_learning if _setting_learning(value)
-                 else network.freeze_learning)()
-        return {"set": checked}
-
-    return {"status": status, "pause_learning": no_args("pause_learning"),
-            "resume_learning": no_args("resume_learning"), "snapshot": no_args("snapshot"),
-            "reset": reset, "set": set_}
-
-
 @dataclass
 class Daemon:
     """Everything ``augury run`` owns; ``close()`` releases sockets and the source."""
@@ -254,11 +137,10 @@ def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0) -> Daemon:
             speed=cfg.source.speed,
             wait_subscriber_s=wait_subscriber_s,
         )
+        # the pipeline registers its control commands (arguments checked) on ``control``
         pipeline = Pipeline(source, network, publisher, options, control=control,
                             checkpoints=checkpoints,
                             state_meta={"source": cfg.source.uri})
-        if control is not None:
-            control.handlers.update(control_handlers(pipeline, control))
     except BaseException:
         if control is not None:
             control.close()

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,13 @@ from augury.adapters.base import EventSource
 from augury.adapters.replay import paced
 from augury.adapters.ring import EventRing
 from augury.checkpoint import CheckpointError, CheckpointManager
-from augury.control import ControlServer
+from augury.control import ControlServer, Handler, RequestError, check_args
+from augury.control_commands import (
+    parse_reset,
+    parse_set,
+    setting_learning,
+    setting_publish_every_us,
+)
 from augury.events import EventBatch
 from augury.model.compat import reconcile
 from augury.model.network import Network, Readout
@@ -72,9 +78,10 @@ class PipelineOptions:
     check, not at every step); wait_subscriber_s: before reading the source, wait
     up to this long for a first subscriber (XPUB notification), so that a short recording is
     not published into the void; restart_after_us: a batch that ends more than this long
-    (µs) before the time the network has reached, or one its source marks as the first after
-    a restart of its clock, means the stream's clock restarted (a camera reconnected, a new
-    sender session, a recording replayed again, a daemon resumed from a checkpoint):
+    (µs) before the time the network has reached, one its source marks as the first after
+    a restart of its clock, or the first batch of a run (a daemon resumed from a checkpoint)
+    when it starts before that time, means the stream's clock restarted (a camera
+    reconnected, a new sender session, a recording replayed again, a resume):
     the network keeps what it learned, restarts its fast state (traces, beliefs, clock) at
     the new time and goes on (counted in ``stream_restarts``); smaller steps back (after a
     queue drop) are trimmed or skipped as stale.
@@ -197,7 +204,9 @@ class Pipeline:
         self._good_s = 0.0
         self._next_publish_us: int | None = None
         self._next_check_us = 0
-        self._clock_epoch = 0  # clock restarts of the source seen by the engine so far
+        # clock restarts of the source seen by the engine so far; None before a run's first
+        # batch (whose clock is new to the network: a resume is a stream restart)
+        self._clock_epoch: int | None = None
         self._pending_arrivals: list[int] = []
         self.publish_every_us = options.publish_every_us
         if control is not None:
@@ -252,65 +261,101 @@ class Pipeline:
             "uptime_s": time.monotonic() - m.started_s,
         }
 
-    def control_handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        def pause(_: dict[str, Any]) -> dict[str, Any]:
+    def control_handlers(self) -> dict[str, Handler]:
+        """The control commands over this pipeline, every argument checked (RequestError).
+
+        ``status`` (plus the control server's counters when one is wired), ``pause_learning``,
+        ``resume_learning``, ``snapshot`` take no argument; ``reset`` resets exactly the
+        scope it names (``RESET_SCOPES``: ``beliefs``, the default, keeps everything learned
+        and is the stream-restart notion; ``all`` is a fresh network); ``set`` takes
+        ``{"key": NAME, "value": V}`` or ``{NAME: V, ...}`` (``SETTABLE``), all checked
+        before any is applied (augury.control_commands).
+        """
+        def status(args: dict[str, Any]) -> dict[str, Any]:
+            check_args("status", args)
+            if self.control is None:
+                return self.status()
+            return {**self.status(), "control": self.control.stats()}
+
+        def pause(args: dict[str, Any]) -> dict[str, Any]:
+            check_args("pause_learning", args)
             self.network.freeze_learning()
             return {"learning": False}
 
-        def resume(_: dict[str, Any]) -> dict[str, Any]:
+        def resume(args: dict[str, Any]) -> dict[str, Any]:
+            check_args("resume_learning", args)
             self.network.resume_learning()
             return {"learning": True}
 
-        def snapshot(_: dict[str, Any]) -> dict[str, Any]:
+        def snapshot(args: dict[str, Any]) -> dict[str, Any]:
+            check_args("snapshot", args)
             if self.checkpoints is None:
-                raise ValueError("no state directory configured (--state-dir)")
+                raise RequestError("no state directory configured (--state-dir)")
             path = self.checkpoints.save_now(self.state_snapshot)
             return {"path": str(path)}
 
-        def reset(_: dict[str, Any]) -> dict[str, Any]:
-            self.network.reset()
-            self._good = None
-            return {"reset": True}
+        def reset(args: dict[str, Any]) -> dict[str, Any]:
+            what = parse_reset(args)
+            if what == "beliefs":
+                restart_stream(self.network)  # learned state kept
+            else:
+                self.network.reset()
+                self._good = None  # the roll-back copy holds what was just reset
+            log.info("control: reset %s", what)
+            return {"reset": what}
 
-        def set_(req: dict[str, Any]) -> dict[str, Any]:
-            changed: dict[str, Any] = {}
-            for key, value in req.items():
-                if key == "cmd":
-                    continue
+        def set_(args: dict[str, Any]) -> dict[str, Any]:
+            checked = parse_set(args)  # everything checked before anything is applied
+            for key, value in checked.items():
                 if key == "publish_every_us":
-                    v = int(value)
-                    if not 100 <= v <= 3_600_000_000:
-                        raise ValueError("publish_every_us must be in 100..3600000000 µs")
-                    self.publish_every_us = v
+                    self.publish_every_us = setting_publish_every_us(value)
                 elif key == "learning":
-                    (self.network.resume_learning if bool(value)
+                    (self.network.resume_learning if setting_learning(value)
                      else self.network.freeze_learning)()
-                else:
-                    raise ValueError(f"cannot set {key!r} at run time; settable: "
-                                     "publish_every_us, learning")
-                changed[key] = value
-            return {"set": changed}
+            return {"set": checked}
 
-        return {"status": lambda _: self.status(), "pause_learning": pause,
-                "resume_learning": resume, "snapshot": snapshot, "reset": reset, "set": set_}
+        return {"status": status, "pause_learning": pause, "resume_learning": resume,
+                "snapshot": snapshot, "reset": reset, "set": set_}
 
     # -- engine -----------------------------------------------------------------------------
+    def _restart_reason(self, batch: EventBatch, *, first: bool, restarted: bool) -> str | None:
+        """Why ``batch`` restarts the stream's clock, or None if it continues the stream.
+
+        The network's clock must have started and the batch must start before the time it
+        reached (``network.t_us``, µs). Then the batch is a restart if it is the first one
+        of this run (``first``: after a resume from a checkpoint the source's clock is not
+        the one the network's time came from, however close the two times are), if its
+        source marks a restart of its clock (``restarted``: the ``clock_epoch`` changed), or
+        if it ends ``restart_after_us`` or more before that time. A smaller, unmarked step
+        back in the middle of a run is not a restart: ``_step`` trims it as stale.
+        """
+        t_us = self.network.t_us
+        if not self.network.state.clock[K_STARTED] or batch.t_start_us >= t_us:
+            return None
+        if first:
+            return "the first batch of this run: a resume from a checkpoint"
+        if restarted:
+            return "the source restarted its clock"
+        if batch.t_end_us + self.options.restart_after_us <= t_us:
+            return f"a step back of at least restart_after_us={self.options.restart_after_us} µs"
+        return None
+
     def _step(self, item: Arrival) -> bool:
         """Advance the network by one batch (no read-out); False if the batch was skipped."""
         batch = item.batch
         m = self.metrics
+        first = self._clock_epoch is None
         restarted = item.clock_epoch != self._clock_epoch
         self._clock_epoch = item.clock_epoch
         m.batches += 1
         m.events_in += len(batch)
         m.source_dropped += batch.counters.dropped
         m.source_malformed += batch.counters.malformed
-        if self.network.state.clock[K_STARTED] and (
-                (restarted and batch.t_start_us < self.network.t_us)
-                or batch.t_end_us + self.options.restart_after_us <= self.network.t_us):
-            log.warning("stream time went back from %d to %d µs: the stream restarted; "
+        why = self._restart_reason(batch, first=first, restarted=restarted)
+        if why is not None:
+            log.warning("stream time went back from %d to %d µs (%s): the stream restarted; "
                         "learned state kept, traces and beliefs restart", self.network.t_us,
-                        batch.t_start_us)
+                        batch.t_start_us, why)
             restart_stream(self.network)
             self._good = None
             self._next_publish_us = None  # the schedules follow the new stream time
@@ -387,6 +432,7 @@ class Pipeline:
             if self.control is not None:
                 self.control.poll(0)
         self._reader = threading.Thread(target=self._read, name="augury-reader", daemon=True)
+        self._clock_epoch = None  # each run reads its source from the start: a new clock
         self._reader.start()
         self._next_check_us = 0
         try:

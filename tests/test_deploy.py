@@ -28,6 +28,24 @@ def test_example_config_loads_and_builds_a_model_spec(tmp_path: Path) -> None:
     assert spec.pool == pool and spec.k1 == cfg.model["k1"]
 
 
+def test_example_config_is_the_defaults_with_examples_commented_out() -> None:
+    """Issue 10, defect 8: the example had ``dir = "/var/lib/augury"`` active, so copying
+    it anywhere (or ``--config deploy/augury.toml`` in a test) wrote checkpoints there.
+    Loaded as is, it must equal the built-in defaults, and every "example" line is a
+    comment."""
+    example = load_config(DEPLOY / "augury.toml", {})
+    default = load_config(None, {})
+    assert example.checkpoint.dir is None
+    for section in ("source", "publish", "control", "checkpoint", "pipeline", "log"):
+        assert getattr(example, section) == getattr(default, section), section
+    with open_source("synthetic://bars?duration_us=1000&width=64&height=48") as src:
+        assert model_spec(example, src) == model_spec(default, src)
+    text = (DEPLOY / "augury.toml").read_text()
+    active = [line for line in text.splitlines()
+              if "example" in line.lower() and not line.lstrip().startswith("#")]
+    assert not active, active
+
+
 def _run_options() -> set[str]:
     res = CliRunner().invoke(main, ["run", "--help"])
     assert res.exit_code == 0

@@ -3,11 +3,25 @@ non-finite state, stale batches, and the publication schedule."""
 
 from __future__ import annotations
 
-import numpy as np
+import logging
+from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from augury.adapters.base import Chunk, EventSource
+from augury.adapters.synthetic import SceneConfig, render_scene
+from augury.checkpoint import CheckpointManager
 from augury.client import Subscriber
 from augury.config import load_config
 from augury.daemon import build_daemon
+from augury.events import Counters, SensorGeometry
+from augury.model.network import Network
+from augury.model.spec import ModelSpec
+from augury.model.state import LEARNED
+from augury.pipeline import Pipeline, PipelineOptions, restore_network
+from augury.publish import Publisher
 
 SCENE = "synthetic://bars?duration_us=300000&width=64&height=48"
 
@@ -176,3 +190,118 @@ def test_udp_sender_restarting_its_clock_is_processed() -> None:
     assert m.bad_batches == 0 and m.source_dropped == 0  # type: ignore[attr-defined]
     assert m.events_processed == m.events_in > ev.size // 4  # type: ignore[attr-defined]
     assert t_end <= 300_000  # the network ends on the second sender's clock
+
+
+class _Segments(EventSource):
+    """An in-memory source handing out event arrays in order; each array after the first
+    restarts the source's clock (``Chunk.restart``), as a reconnected camera does."""
+
+    def __init__(self, *segments: np.ndarray) -> None:
+        super().__init__()
+        self.segments = segments
+        self.geometry = SensorGeometry(64, 48)
+        self.uri = "memory://segments"
+        self.format = "array"
+
+    def chunks(self) -> Iterator[Chunk]:
+        for i, ev in enumerate(self.segments):
+            yield Chunk(ev, Counters(read=int(ev.size)), restart=i > 0)
+
+
+def _pipeline_on(source: EventSource, net: Network, ckpt: Path | None) -> Pipeline:
+    manager = None if ckpt is None else CheckpointManager(ckpt, 3600.0, 3, background=False)
+    return Pipeline(source, net, Publisher("tcp://127.0.0.1:*"),
+                    PipelineOptions(batch_us=1_000, publish_every_us=20_000),
+                    checkpoints=manager)
+
+
+def test_a_resume_and_a_mid_run_clock_restart_take_the_same_path(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10, defect 4: a stream whose clock goes 0.3 s back (less than
+    ``restart_after_us``) is a stream restart whether the step back comes from a resume
+    (segment A, checkpoint, new daemon on segment B) or from the source itself mid-run (A
+    then B marked as a restart): the same learned state at the end, every event processed,
+    one restart counted and one warning each."""
+    ev, _ = render_scene(SceneConfig(kind="bars", width=64, height=48, duration_us=900_000,
+                                     seed=3))
+    a, b = ev[ev["t"] < 600_000], ev[ev["t"] >= 300_000]
+    spec = ModelSpec(width=64, height=48, pool=4)
+
+    first = _pipeline_on(_Segments(a), Network(spec), tmp_path)
+    try:
+        first.run()
+    finally:
+        first.publisher.close(linger=0)
+    resumed_net = Network(spec)
+    assert restore_network(resumed_net, CheckpointManager(tmp_path, 3600.0, 3)) is not None
+    resumed = _pipeline_on(_Segments(b), resumed_net, None)
+    mid_run = _pipeline_on(_Segments(a, b), Network(spec), None)
+    results = {}
+    for name, p in (("resume", resumed), ("mid-run", mid_run)):
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="augury.pipeline"):
+                m = p.run()
+        finally:
+            p.publisher.close(linger=0)
+        warnings = [r.getMessage() for r in caplog.records
+                    if "the stream restarted" in r.getMessage()]
+        assert len(warnings) == 1, (name, warnings)
+        assert m.stream_restarts == 1 and m.bad_batches == 0, name
+        assert m.events_processed == m.events_in, name
+        results[name] = (p.network.state_dict(), warnings[0])
+    assert "resume from a checkpoint" in results["resume"][1]
+    assert "source restarted its clock" in results["mid-run"][1]
+    assert resumed.metrics.events_processed == b.size
+    assert mid_run.metrics.events_processed == a.size + b.size
+    for name in LEARNED:
+        np.testing.assert_array_equal(results["resume"][0][name], results["mid-run"][0][name],
+                                      err_msg=name)
+
+
+def test_a_bare_pipeline_wired_to_a_control_server_checks_every_command() -> None:
+    """Issue 10, defect 3 follow-up: the checked commands lived in the daemon and replaced
+    the pipeline's own, so a Pipeline wired directly to a ControlServer accepted ``reset``
+    with any ``what`` (123 included), wiped the learned weights on ``reset beliefs`` and
+    took ``"learning": "false"`` as true. There is now one implementation, the pipeline's."""
+    import json
+
+    from augury.adapters.base import open_source
+    from augury.control import ControlServer, handle_request
+
+    source = open_source(SCENE)
+    control = ControlServer("tcp://127.0.0.1:*")  # not polled: requests go to its handlers
+    p = Pipeline(source, Network(ModelSpec(width=64, height=48, pool=4)),
+                 Publisher("tcp://127.0.0.1:*"),
+                 PipelineOptions(batch_us=1_000, publish_every_us=20_000), control=control)
+
+    def ask(request: dict[str, object]) -> dict[str, object]:
+        return handle_request(json.dumps(request).encode(), control.handlers)
+
+    try:
+        p.run(max_batches=200)
+        net = p.network
+        learned = {k: v.tobytes() for k, v in net.learned_arrays().items()}
+        assert net.learned_arrays()["W1"].any()  # something was learned
+
+        bad = ask({"cmd": "reset", "what": 123})
+        assert bad["ok"] is False
+        assert "\"what\" must be one of ['beliefs', 'all'], got int" in str(bad["error"])
+        assert {k: v.tobytes() for k, v in net.learned_arrays().items()} == learned
+        assert net.t_us > 0  # nothing was reset either
+
+        assert ask({"cmd": "reset", "what": "beliefs"}) == {"ok": True, "reset": "beliefs"}
+        assert {k: v.tobytes() for k, v in net.learned_arrays().items()} == learned
+        assert net.t_us == 0  # the fast state (clock included) did restart
+
+        assert ask({"cmd": "set", "learning": "false"})["ok"] is False
+        assert net.learning is True
+        assert ask({"cmd": "set", "key": "learning", "value": False}) == \
+            {"ok": True, "set": {"learning": False}}
+        assert net.learning is False
+        assert ask({"cmd": "status", "x": 1})["ok"] is False
+        assert "control" in ask({"cmd": "status"})  # the server's counters are included
+    finally:
+        control.close()
+        p.publisher.close(linger=0)
+        source.close()

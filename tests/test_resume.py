@@ -136,3 +136,42 @@ def test_a_spec_read_back_from_json_has_no_differences() -> None:
     assert spec_differences(json.loads(json.dumps(SPEC.to_dict())), SPEC) == {}
     other = {**json.loads(json.dumps(SPEC.to_dict())), "mix_taus_us": [1_000, 2_000]}
     assert set(spec_differences(other, SPEC)) == {"mix_taus_us"}
+
+
+def test_resume_less_than_restart_after_us_behind_is_a_stream_restart(
+        tmp_path: Path, shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10, defect 4: a daemon resumed from a checkpoint on a replay of the same
+    recording, whose first batch is less than 1 s (``restart_after_us``) behind the
+    checkpoint's stream time, skipped 87,226 of the 374,296 events as 80 ``bad_batches``
+    with ``stream_restarts`` 0 and no warning. A resume is a stream restart: every event is
+    processed, the learned state is kept, and one warning says why."""
+    from augury.config import load_config
+    from augury.daemon import build_daemon
+
+    src = shared_data / "inivation" / "davis240c_rotdisk.aedat"
+    cfg = load_config(None, {"source.uri": str(src), "source.pace": "asap",
+                             "checkpoint.dir": str(tmp_path),
+                             "publish.endpoint": "tcp://127.0.0.1:*",
+                             "control.endpoint": "none"})
+    first = build_daemon(cfg)
+    try:
+        first.pipeline.run(max_batches=80)  # stream time 0.34 s .. 1.14 s, then a checkpoint
+        learned = first.pipeline.network.state.W1.copy()
+        t_saved = first.pipeline.network.t_us
+    finally:
+        first.close()
+    second = build_daemon(cfg)
+    p = second.pipeline
+    assert second.resumed_from is not None
+    np.testing.assert_array_equal(p.network.state.W1, learned)
+    try:
+        with caplog.at_level(logging.WARNING, logger="augury.pipeline"):
+            m = p.run()
+    finally:
+        second.close()
+    assert t_saved - 1_000_000 < 340_000 < t_saved  # the case of the defect: < 1 s behind
+    assert (m.events_in, m.events_processed) == (374_296, 374_296)
+    assert (m.bad_batches, m.stream_restarts) == (0, 1)
+    warnings = [r.getMessage() for r in caplog.records if "stream restarted" in r.getMessage()]
+    assert len(warnings) == 1 and "resume from a checkpoint" in warnings[0], warnings
+    assert p.network.t_us > t_saved  # the whole recording, on its own clock
