@@ -138,6 +138,8 @@ class Params(NamedTuple):
     mix_kmax: int  # silent windows the rate experts still process in one silence
     msh: bool  # the shared linear forecaster is an expert
     sh_forget: float  # its per-window forgetting factor (recursive least squares)
+    w_soft: bool  # W1, W2: soft bounds (updates scaled by the distance to the bound)
+    w_norm: float  # Euclidean norm every dictionary atom is scaled to after learning (0: off)
 
 
 def make_params(spec: ModelSpec) -> Params:
@@ -158,7 +160,8 @@ def make_params(spec: ModelSpec) -> Params:
         mix_gamma=math.exp(-spec.horizon_us / spec.mix_memory_us), mix_share=spec.mix_share,
         m0=MIX_FLOOR, od_rate=OD_RATE,
         mix_kmax=-(-4 * max(spec.mix_taus_us, default=0) // spec.horizon_us),
-        msh=spec.mix_shared, sh_forget=SH_FORGET,
+        msh=spec.mix_shared, sh_forget=SH_FORGET, w_norm=spec.w_norm,
+        w_soft=spec.w_soft_bounds,
     )
 
 
@@ -546,7 +549,8 @@ def _event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int,
 
 @_kernel
 def _bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, Ic: np.ndarray, w: int,
-                  q: float, lo: float, hi: float, qs: float, salt: int) -> None:
+                  q: float, lo: float, hi: float, qs: float, salt: int,
+                  soft: bool = True) -> None:
     """Bayesian synapse (diagonal Kalman filter) with soft bounds [lo, hi].
 
     s² ← 1/(1/(s² + q) + I);  ΔW = s² G · (hi − W)/(hi − lo) if G > 0 else (W − lo)/(hi − lo)
@@ -562,11 +566,27 @@ def _bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, Ic: np.ndarray, w
             S[w, a, b] = qsr(s2, qs, salt, n)
             dw = s2 * G[a, b]
             wv = W[w, a, b]
-            if dw > 0.0:
+            if not soft:
+                pass
+            elif dw > 0.0:
                 dw *= (hi - wv) / span
             else:
                 dw *= (wv - lo) / span
             W[w, a, b] = qsr(min(max(wv + dw, lo), hi), qs, salt, n + 1)
+
+
+@_inline
+def _norm_atoms(W: np.ndarray, w: int, target: float, qs: float) -> None:
+    """Scale every atom W[w, :, k] to Euclidean norm ``target`` (synaptic scaling of belief
+    unit k's outgoing weights); atoms that are all zero stay zero."""
+    for k in range(W.shape[2]):
+        s = 0.0
+        for d in range(W.shape[1]):
+            s += W[w, d, k] * W[w, d, k]
+        if s > 0.0:
+            f = target / math.sqrt(s)
+            for d in range(W.shape[1]):
+                W[w, d, k] = qz(W[w, d, k] * f, qs)
 
 
 @_inline
@@ -615,12 +635,16 @@ def _learn(st: State, sc: Scratch, p: Params) -> None:
                     sc.I1[d, k] += st.pi1[j, d] * (r * rsum)
         if p.per_col:
             _bayes_update(st.W1, st.S1, sc.G1, sc.I1, j, p.q, 0.0, p.w_max, p.qs,
-                          _salt(p, st.counters[C_TICKS], 1))
+                          _salt(p, st.counters[C_TICKS], 1), p.w_soft)
+            if p.w_norm > 0.0:
+                _norm_atoms(st.W1, j, p.w_norm, p.qs)
             sc.G1[:, :] = 0.0
             sc.I1[:, :] = 0.0
     if not p.per_col:
         _bayes_update(st.W1, st.S1, sc.G1, sc.I1, 0, p.q, 0.0, p.w_max, p.qs,
-                      _salt(p, st.counters[C_TICKS], 1))
+                      _salt(p, st.counters[C_TICKS], 1), p.w_soft)
+        if p.w_norm > 0.0:
+            _norm_atoms(st.W1, 0, p.w_norm, p.qs)
     _transpose_w1(st, sc)
     if p.layers == 2:
         sc.G2[:, :] = 0.0
@@ -642,12 +666,12 @@ def _learn(st: State, sc: Scratch, p: Params) -> None:
                         sc.I2[s, k] += st.pi2[big, s] * (r * rsum)
             if p.per_col:
                 _bayes_update(st.W2, st.S2, sc.G2, sc.I2, big, p.q, 0.0, p.w_max, p.qs,
-                              _salt(p, st.counters[C_TICKS], 2))
+                              _salt(p, st.counters[C_TICKS], 2), p.w_soft)
                 sc.G2[:, :] = 0.0
                 sc.I2[:, :] = 0.0
         if not p.per_col:
             _bayes_update(st.W2, st.S2, sc.G2, sc.I2, 0, p.q, 0.0, p.w_max, p.qs,
-                          _salt(p, st.counters[C_TICKS], 2))
+                          _salt(p, st.counters[C_TICKS], 2), p.w_soft)
 
 
 @_kernel

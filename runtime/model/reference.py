@@ -248,7 +248,7 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int,
 
 
 def bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, info: np.ndarray, w: int,
-                 qdrift: float, hi: float, qs: float, s: int = -1) -> None:
+                 qdrift: float, hi: float, qs: float, s: int = -1, soft: bool = True) -> None:
     """s² ← 1/(1/(s² + q) + I); W ← clip(W + s² G · soft-bound factor, 0, hi); in fixed
     point rounded stochastically with stream s ≥ 0 (numbers 2·flat and 2·flat + 1 of each
     weight's flat index in W), else half up."""
@@ -256,8 +256,19 @@ def bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, info: np.ndarray, 
     s2 = 1.0 / (1.0 / (S[w] + qdrift) + info)
     S[w] = qsr(s2, qs, s, n)
     dw = s2 * G
-    dw = np.where(dw > 0.0, dw * (hi - W[w]) / hi, dw * W[w] / hi)
+    if soft:
+        dw = np.where(dw > 0.0, dw * (hi - W[w]) / hi, dw * W[w] / hi)
     W[w] = qsr(np.clip(W[w] + dw, 0.0, hi), qs, s, n + 1)
+
+
+def norm_atoms(W: np.ndarray, w: int, target: float, qs: float) -> None:
+    """Scale every non-zero atom W[w, :, k] to Euclidean norm ``target`` (sums in d order)."""
+    for k in range(W.shape[2]):
+        s = 0.0
+        for d in range(W.shape[1]):
+            s += W[w, d, k] * W[w, d, k]
+        if s > 0.0:
+            W[w, :, k] = q(W[w, :, k] * (target / math.sqrt(s)), qs)
 
 
 def clip_pi(v: np.ndarray, p: Params) -> np.ndarray:
@@ -287,12 +298,16 @@ def learn(st: State, sc: Scratch, p: Params) -> None:
             info += np.outer(st.pi1[j], r * rsum)
         if p.per_col:
             bayes_update(st.W1, st.S1, G, info, j, p.q, p.w_max, p.qs,
-                     salt(p, st.counters[C_TICKS], 1))
+                     salt(p, st.counters[C_TICKS], 1), p.w_soft)
+            if p.w_norm > 0.0:
+                norm_atoms(st.W1, j, p.w_norm, p.qs)
             G[:] = 0.0
             info[:] = 0.0
     if not p.per_col:
         bayes_update(st.W1, st.S1, G, info, 0, p.q, p.w_max, p.qs,
-                     salt(p, st.counters[C_TICKS], 1))
+                     salt(p, st.counters[C_TICKS], 1), p.w_soft)
+        if p.w_norm > 0.0:
+            norm_atoms(st.W1, 0, p.w_norm, p.qs)
     if p.layers == 2:
         G = np.zeros((p.d2, p.k2))
         info = np.zeros((p.d2, p.k2))
@@ -305,12 +320,12 @@ def learn(st: State, sc: Scratch, p: Params) -> None:
                 info += np.outer(st.pi2[big], r * rsum)
             if p.per_col:
                 bayes_update(st.W2, st.S2, G, info, big, p.q, p.w_max, p.qs,
-                     salt(p, st.counters[C_TICKS], 2))
+                     salt(p, st.counters[C_TICKS], 2), p.w_soft)
                 G[:] = 0.0
                 info[:] = 0.0
         if not p.per_col:
             bayes_update(st.W2, st.S2, G, info, 0, p.q, p.w_max, p.qs,
-                     salt(p, st.counters[C_TICKS], 2))
+                     salt(p, st.counters[C_TICKS], 2), p.w_soft)
 
 
 def refresh(st: State, p: Params) -> None:

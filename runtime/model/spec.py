@@ -59,6 +59,8 @@ class ModelSpec:
     pi_max: float = 100.0
     w_max: float = 4.0  # soft bound: weights live in [0, w_max]
     w_init: float = 0.1  # initial weights ~ U(0, w_init)
+    w_soft_bounds: bool = True  # W1, W2 updates scaled by the distance to their bound
+    w_norm: float = 0.0  # > 0: every layer-1 atom is kept at this Euclidean norm (0: off)
     a_q: float = 1e-5  # Kalman drift of the temporal weights A
     a_s2_init: float = 0.01  # initial variance of the temporal weights (A starts at I)
     z_off: float = 0.02  # a column whose traces all fall below this goes silent (reset)
@@ -110,7 +112,7 @@ class ModelSpec:
         if self.horizon_us % self.tick_us:
             raise ValueError(f"ModelSpec.horizon_us={self.horizon_us} must be a multiple of "
                              f"tick_us={self.tick_us}")
-        for name in ("theta_e", "theta_mu", "sparsity", "q", "a_q", "z_off", "w_init",
+        for name in ("theta_e", "theta_mu", "sparsity", "q", "a_q", "z_off", "w_init", "w_norm",
                      "settle", "homeo_rate", "homeo_eta"):
             _check_float(self, name, 0.0, math.inf, lo_open=False)
         _check_float(self, "curv_mix", 0.0, 1.0, lo_open=False)
@@ -123,7 +125,7 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.pi_min={self.pi_min} exceeds pi_max={self.pi_max}")
         if self.w_init > self.w_max:
             raise ValueError(f"ModelSpec.w_init={self.w_init} exceeds w_max={self.w_max}")
-        for name in ("fixed_point", "per_column_weights", "stochastic_rounding",
+        for name in ("fixed_point", "per_column_weights", "stochastic_rounding", "w_soft_bounds",
                      "forecast_hier", "forecast_lateral", "mix_shared"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelSpec.{name} must be a bool, got "

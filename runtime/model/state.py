@@ -211,6 +211,8 @@ def init_state(spec: ModelSpec) -> State:
     ns = len(spec.mix_taus_us)
     ne = n_experts(spec)
     w1 = rng.uniform(0.0, spec.w_init, size=(nw1, d1, k1))
+    if spec.w_norm > 0.0:
+        w1 *= spec.w_norm / np.maximum(np.sqrt(np.einsum("wdk,wdk->wk", w1, w1)), 1e-300)[:, None]
     w2 = rng.uniform(0.0, spec.w_init, size=(nw2, d2, k2))
     st = State(
         z1=np.zeros((n1, d1), f8), tcol=np.zeros(n1, np.int64), active=np.zeros(n1, np.uint8),

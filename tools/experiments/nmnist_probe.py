@@ -109,6 +109,15 @@ def belief_features(net: Network, digits: list[np.ndarray]) -> dict[str, np.ndar
     return {k: np.stack(v) for k, v in feats.items() if v}
 
 
+def atom_cosine(w: np.ndarray) -> float:
+    """Mean pairwise cosine of a dictionary's atoms (the columns of w, shape (D, K)): near 1
+    when the atoms collapse onto one direction, near 0 when they are diverse."""
+    wn = w / np.maximum(np.linalg.norm(w, axis=0, keepdims=True), 1e-300)
+    c = wn.T @ wn
+    k = c.shape[0]
+    return float((c.sum() - np.trace(c)) / (k * k - k)) if k > 1 else 0.0
+
+
 def count_features(digits: list[np.ndarray], pool: int) -> np.ndarray:
     """Event counts per (pooled) pixel and polarity, (n, (34/pool)² · 2)."""
     side = -(-34 // pool)
@@ -176,7 +185,9 @@ def run(*, quick: bool, seeds: list[int], n_train: int | None,
                 xt = np.concatenate([f_test[k] for k in keys], axis=1) if test else None
                 add(f"{kind} beliefs, {label}", x, xt, seed)
             sparsity = float(np.mean(f_train["l1"][:, : f_train["l1"].shape[1] // 2] > 1e-6))
-            rows.setdefault(f"{kind} beliefs, layer 1", [])[-1]["nonzero_mean"] = sparsity
+            row = rows.setdefault(f"{kind} beliefs, layer 1", [])[-1]
+            row["nonzero_mean"] = sparsity
+            row["atom_cos"] = atom_cosine(net.state.W1[0])
     out = {}
     for name, rs in rows.items():
         agg = {"cv_mean": float(np.mean([r["cv_mean"] for r in rs])),
@@ -184,22 +195,23 @@ def run(*, quick: bool, seeds: list[int], n_train: int | None,
                                       + np.var([r["cv_mean"] for r in rs])))}
         if all("test" in r for r in rs):
             agg["test"] = float(np.mean([r["test"] for r in rs]))
-        if any("nonzero_mean" in r for r in rs):
-            agg["nonzero_mean"] = float(np.mean([r["nonzero_mean"] for r in rs
-                                                 if "nonzero_mean" in r]))
+        for key in ("nonzero_mean", "atom_cos"):
+            if any(key in r for r in rs):
+                agg[key] = float(np.mean([r[key] for r in rs if key in r]))
         out[name] = agg
         print(name, json.dumps(agg), flush=True)
     return out
 
 
 def table(res: dict[str, dict[str, float]]) -> str:
-    lines = ["| features | 5-fold CV accuracy (train1K) | test100 accuracy | beliefs non-zero |",
-             "|---|---:|---:|---:|"]
+    lines = ["| features | 5-fold CV accuracy (train1K) | test100 accuracy | beliefs non-zero "
+             "| atoms' mean cosine |", "|---|---:|---:|---:|---:|"]
     for name, r in res.items():
         test = f"{100 * r['test']:.1f} %" if "test" in r else "—"
         nz = f"{100 * r['nonzero_mean']:.0f} %" if "nonzero_mean" in r else ""
+        cos = f"{r['atom_cos']:.2f}" if "atom_cos" in r else ""
         lines.append(f"| {name} | {100 * r['cv_mean']:.1f} ± {100 * r['cv_sd']:.1f} % | "
-                     f"{test} | {nz} |")
+                     f"{test} | {nz} | {cos} |")
     return "\n".join(lines)
 
 
