@@ -10,7 +10,8 @@ import numpy as np
 from numba import njit
 
 from augury.adapters.base import Chunk
-from augury.adapters.udp_session import SequenceTracker
+from augury.adapters.files import MAX_SENSOR_SIDE
+from augury.adapters.udp_session import SessionGate, SessionSequences
 from augury.adapters.udp_wire import (
     AUGURY_RECORD,
     FAERY_RECORD,
@@ -23,13 +24,23 @@ from augury.events import EVENT_DTYPE, Counters, SensorGeometry
 
 @dataclass
 class UdpStats:
-    """Datagram-level accounting of a UDP source (cumulative)."""
+    """Datagram-level accounting of a UDP source (cumulative).
+
+    datagrams, bytes: everything received; events: events handed on; heartbeats: accepted
+    datagrams without events (END included); end_packets: accepted END datagrams;
+    end_flushes / idle_flushes: last windows flushed by an END or after the idle time;
+    late_events: events dropped for being older than a flushed time; malformed: datagrams
+    (spif: words) that could not be decoded, by reason (``REASONS``).
+    """
 
     datagrams: int = 0
     bytes: int = 0
     events: int = 0
     heartbeats: int = 0
     end_packets: int = 0
+    end_flushes: int = 0
+    idle_flushes: int = 0
+    late_events: int = 0
     malformed: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -56,9 +67,21 @@ def unroll_u32(t32: np.ndarray, last_t: int | None) -> tuple[np.ndarray, int | N
 
 
 # datagram status codes written by the kernels (index into _REASONS)
-_OK, _SHORT, _OVERSIZE, _BAD_MAGIC, _BAD_VERSION, _BAD_LENGTH = range(6)
-_REASONS = ("ok", "short", "oversize", "bad_magic", "bad_version", "bad_length")
-_META_COLS = 8  # augury: status, flags, session, seq, base_t_us, count, width, height
+_OK, _SHORT, _OVERSIZE, _BAD_MAGIC, _BAD_VERSION, _BAD_LENGTH, _BAD_TIME, _BAD_EVENT = range(8)
+_REASONS = ("ok", "short", "oversize", "bad_magic", "bad_version", "bad_length", "bad_time",
+            "bad_event")
+_META_COLS = 9  # augury: status, flags, session, seq, base_t_us, count, width, height, t_max
+MAX_T_US = 1 << 62
+"""Largest accepted augury ``base_t_us`` (µs, ~146,000 years): keeps base + dt in int64."""
+
+REASONS = (*_REASONS[1:], "bad_geometry", "spif_timestamp_flag")
+"""Every reason a datagram is counted malformed (``UdpStats.malformed`` keys): short (under
+the 32-byte header), oversize (over ``max_datagram``), bad_magic, bad_version (version or
+header size), bad_length (length not 32 + 9·count, or not whole records; END with events),
+bad_time (augury base_t_us < 0 or >= 2**62), bad_event (an event outside the geometry the
+datagram declares, or polarity > 1), bad_geometry (a geometry other than the source's, a
+side of 0 or above MAX_SENSOR_SIDE), spif_timestamp_flag (a SPIF word, not a datagram, whose
+bit 31 disagrees with the ``timestamps`` option)."""
 
 
 @njit(cache=True, nogil=True)
@@ -100,9 +123,12 @@ def _unroll(t32, state):
 def _augury_kernel(buf, offs, lens, max_datagram, out, meta):
     """Decode augury datagrams buf[offs[k]:offs[k]+lens[k]] into out (EVENT_DTYPE).
 
-    meta[k] (int64, shape (n, 8)) receives status, flags, session, seq, base_t_us, count,
-    width, height; events are written only for status 0, in datagram order. Returns the
-    number of events written. out must hold sum(lens) // 9 events.
+    meta[k] (int64, shape (n, 9)) receives status, flags, session, seq, base_t_us, count,
+    width, height and the latest event time t_max (µs); events are written only for status
+    0, in datagram order. A datagram is refused whole (bad_time, bad_event) if its base time
+    is outside 0..MAX_T_US or one of its events lies outside the geometry it declares or has
+    a polarity above 1. Returns the number of events written. out must hold
+    sum(lens) // 9 events.
     """
     n_out = 0
     for k in range(offs.shape[0]):
@@ -128,13 +154,31 @@ def _augury_kernel(buf, offs, lens, max_datagram, out, meta):
             meta[k, 0] = _BAD_LENGTH
             continue
         base = _i64(buf, o + 16)
+        if base < 0 or base >= MAX_T_US:
+            meta[k, 0] = _BAD_TIME
+            continue
+        w = _u16(buf, o + 24)
+        h = _u16(buf, o + 26)
+        p = o + 32
+        t_max = base
+        bad = False
+        for _ in range(count):
+            if _u16(buf, p + 4) >= w or _u16(buf, p + 6) >= h or buf[p + 8] > 1:
+                bad = True
+                break
+            t_max = max(t_max, base + _u32(buf, p))
+            p += 9
+        if bad:
+            meta[k, 0] = _BAD_EVENT
+            continue
         meta[k, 1] = flags
         meta[k, 2] = _u32(buf, o + 8)
         meta[k, 3] = _u32(buf, o + 12)
         meta[k, 4] = base
         meta[k, 5] = count
-        meta[k, 6] = _u16(buf, o + 24)
-        meta[k, 7] = _u16(buf, o + 26)
+        meta[k, 6] = w
+        meta[k, 7] = h
+        meta[k, 8] = t_max
         p = o + 32
         for _ in range(count):
             e = out[n_out]
@@ -232,20 +276,46 @@ def _faery_kernel(buf, offs, lens, max_datagram, t32, out, status, state):
     return n_out, n_drop
 
 
+@dataclass
+class FlushChunk(Chunk):
+    """A Chunk after which the stream of the current sender is over for now (its END, or
+    it fell silent): the consumer raises ``t_known_us`` to the end of the batch window
+    holding the last event it handed on, so that this window is batched now
+    (``UdpSource.chunks``). Later events of the same clock older than that are dropped."""
+
+
+@dataclass
+class _Segment:
+    """Events of one burst that belong to one clock: kept datagrams' event ranges, the known
+    time, whether the clock restarts with it and whether it ends with a flush (END)."""
+
+    restart: bool
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    t_known: int | None = None
+    flush: bool = False
+
+
 class DatagramDecoder:
     """Decode bursts of datagrams of one format into EVENT_DTYPE arrays, with accounting.
 
-    ``decode(buf, spans, arrival_us)`` takes a buffer holding datagrams at ``spans``
-    [(offset, length) bytes] received at ``arrival_us`` (µs, one per datagram) and returns a
-    Chunk (events sorted by t, stable, so that datagrams reordered within one burst are
-    repaired). The numba kernels above do the byte work; this class
-    keeps the state carried across calls (sequence tracking, timestamp unrolling, learned
-    geometry) and the per-datagram bookkeeping. ``max_datagram`` is the largest accepted
-    datagram (bytes).
+    ``decode_chunks(buf, spans, arrival_us, now_s)`` takes a buffer holding datagrams at
+    ``spans`` [(offset, length) bytes] received at ``arrival_us`` (µs, one per datagram;
+    used by SPIF without timestamps) and at receiver time ``now_s`` (s, monotonic) and
+    returns Chunks (events sorted by t, stable, so that datagrams reordered within one burst
+    are repaired). The numba kernels above do the byte work; this class keeps the state
+    carried across calls (sender sessions, sequence tracking, timestamp unrolling, learned
+    geometry, the time of the last event) and the per-datagram bookkeeping.
+    ``max_datagram`` is the largest accepted datagram (bytes).
+
+    End of stream: a sender session's END datagram, or ``idle(now_s)`` once nothing came
+    for ``idle_s`` seconds, ends its chunks with a ``FlushChunk``, so that the consumer
+    batches the last window now instead of when (if ever) the next event arrives. Sessions:
+    see ``augury.adapters.udp_session.SessionGate``.
     """
 
     def __init__(self, fmt: str, geometry: SensorGeometry | None, *, timestamps: bool = False,
-                 max_datagram: int = 65536, source: str = "") -> None:
+                 max_datagram: int = 65536, source: str = "", sessions: str = "single",
+                 idle_s: float | None = 1.0) -> None:
         self.format = canonical_format(fmt)
         if self.format != "augury" and geometry is None:
             raise ValueError(f"{source or 'udp'}: geometry=WIDTHxHEIGHT is required for format "
@@ -254,18 +324,39 @@ class DatagramDecoder:
         self.timestamps = bool(timestamps)
         self.max_datagram = int(max_datagram)
         self.source = source
-        self.seq = SequenceTracker()
+        self.gate = SessionGate(sessions)
+        self.seq = SessionSequences()
         self.stats = UdpStats()
+        self.idle_s = idle_s
         self._t_state = np.zeros(2, dtype=np.int64)  # timestamp unrolling: [seen, last t]
+        self._pending = False  # events handed on since the last flush
+        self._last_rx_s: float | None = None  # when the current sender was last heard (s)
         self.geometry_known = threading.Event()
         if geometry is not None:
             self.geometry_known.set()
 
+    # -- end of stream ---------------------------------------------------------------------
+    def idle(self, now_s: float) -> FlushChunk | None:
+        """A FlushChunk (no events) if the current sender has been silent for ``idle_s``
+        seconds at receiver time ``now_s`` (s) and events were handed on since the last
+        flush; the current session then idles out (another one may take over)."""
+        if self.idle_s is None or self._last_rx_s is None \
+                or now_s - self._last_rx_s < self.idle_s:
+            return None
+        self._last_rx_s = None
+        self.gate.idle()
+        if not self._pending:
+            return None
+        self._pending = False
+        self.stats.idle_flushes += 1
+        return FlushChunk(np.empty(0, dtype=EVENT_DTYPE), Counters(), None)
+
+    # -- decoding ---------------------------------------------------------------------------
     def decode(self, buf: bytearray | bytes | memoryview, spans: list[tuple[int, int]],
-               arrival_us: list[int]) -> Chunk:
-        """One Chunk of the burst's events (a new sender session's events appended after the
-        old one's); ``decode_chunks`` keeps them apart."""
-        parts = self.decode_chunks(buf, spans, arrival_us)
+               arrival_us: list[int], now_s: float = 0.0) -> Chunk:
+        """One Chunk of the burst's events (the events of a session that takes over appended
+        after the old one's); ``decode_chunks`` keeps them apart."""
+        parts = self.decode_chunks(buf, spans, arrival_us, now_s)
         if len(parts) == 1:
             return parts[0]
         c = Counters()
@@ -276,10 +367,10 @@ class DatagramDecoder:
                      max(known) if known else None)
 
     def decode_chunks(self, buf: bytearray | bytes | memoryview, spans: list[tuple[int, int]],
-                      arrival_us: list[int]) -> list[Chunk]:
-        """The burst's events as one Chunk, or two when a new sender session (augury
-        framing) starts inside it: the second is marked ``restart`` (the new sender's clock
-        is not compared with the old one's)."""
+                      arrival_us: list[int], now_s: float = 0.0) -> list[Chunk]:
+        """The burst's events as one Chunk, or one more per sender session (augury framing)
+        that takes over inside it, marked ``restart`` (the new sender's clock is not
+        compared with the old one's). The burst's counters go with the last Chunk."""
         k = len(spans)
         if k == 0:
             return [Chunk(np.empty(0, dtype=EVENT_DTYPE), Counters(), None)]
@@ -294,88 +385,103 @@ class DatagramDecoder:
         self.stats.bytes += int(lens.sum())
         cap = int(np.minimum(lens, self.max_datagram).sum()) // _MIN_RECORD[self.format]
         out = np.empty(cap, dtype=EVENT_DTYPE)
-        status = np.zeros(k, dtype=np.int64)
-        dropped = malformed = 0
-        t_known: int | None = None
-        restart_at: int | None = None
-        t_before: int | None = None
+        counters = Counters()
         if self.format == "augury":
-            events, malformed, t_known, restart_at, t_before = self._augury(data, offs, lens,
-                                                                            out)
+            segments = self._augury(data, offs, lens, out, counters, now_s)
         else:
-            if self.format == "spif":
-                arr = np.asarray(arrival_us, dtype=np.int64)
-                n, n_bad = _spif_kernel(data, offs, lens, arr, self.max_datagram,
-                                        self.timestamps, out, status, self._t_state)
-                if n_bad:
-                    self._bad("spif_timestamp_flag", n_bad)
-                    malformed += n_bad
-            else:
-                n, dropped = _faery_kernel(data, offs, lens, self.max_datagram,
-                                           self.format == "faery_t32", out, status,
-                                           self._t_state)
-            events = out[:n]
-            for code in status[status != _OK].tolist():
-                self._bad(_REASONS[code])
-                malformed += 1
-        self.stats.events += int(events.size)
-        counters = Counters(read=int(events.size) + dropped, dropped=dropped,
-                            malformed=malformed)
-        if restart_at is None:
-            return [Chunk(_sorted_copy(events, cap), counters, t_known)]
-        # the burst's counters go with the second chunk, which is always handed on
-        return [Chunk(_sorted_copy(events[:restart_at], cap), Counters(), t_before),
-                Chunk(_sorted_copy(events[restart_at:], cap), counters, t_known,
-                      restart=True)]
+            segments = [self._records(data, offs, lens, arrival_us, out, counters, now_s)]
+        chunks = []
+        for i, seg in enumerate(segments):
+            idx = [np.arange(a, b) for a, b in seg.ranges]
+            ev = out[np.concatenate(idx)] if len(idx) > 1 else (
+                out[seg.ranges[0][0]:seg.ranges[0][1]] if idx else out[:0])
+            self.stats.events += int(ev.size)
+            last = i == len(segments) - 1
+            kind = FlushChunk if seg.flush else Chunk
+            chunks.append(kind(_sorted_copy(ev, cap), counters if last else Counters(),
+                               seg.t_known, seg.restart))
+        return chunks
+
+    def _records(self, data: np.ndarray, offs: np.ndarray, lens: np.ndarray,
+                 arrival_us: list[int], out: np.ndarray, counters: Counters,
+                 now_s: float) -> _Segment:
+        """SPIF and faery datagrams (no sessions): one segment on one clock."""
+        status = np.zeros(offs.size, dtype=np.int64)
+        dropped = 0
+        if self.format == "spif":
+            arr = np.asarray(arrival_us, dtype=np.int64)
+            n, n_bad = _spif_kernel(data, offs, lens, arr, self.max_datagram, self.timestamps,
+                                    out, status, self._t_state)
+            if n_bad:
+                self._bad("spif_timestamp_flag", n_bad)
+                counters.malformed += n_bad
+        else:
+            n, dropped = _faery_kernel(data, offs, lens, self.max_datagram,
+                                       self.format == "faery_t32", out, status, self._t_state)
+        for code in status[status != _OK].tolist():
+            self._bad(_REASONS[code])
+            counters.malformed += 1
+        counters.read += int(n) + int(dropped)
+        counters.dropped += int(dropped)
+        if n:
+            self._pending = True
+            self._last_rx_s = now_s
+        return _Segment(False, [(0, int(n))])
 
     def _bad(self, reason: str, units: int = 1) -> None:
         self.stats.malformed[reason] = self.stats.malformed.get(reason, 0) + units
 
-    def _augury(self, data: np.ndarray, offs: np.ndarray, lens: np.ndarray, out: np.ndarray
-                ) -> tuple[np.ndarray, int, int | None, int | None, int | None]:
-        """Kernel decode, then per-datagram checks that need state: geometry, sequence.
-
-        Returns (events, malformed datagrams, known time (of the newest sender session),
-        index of the first event of a new sender session that started in this burst or
-        None, known time of the session before it or None)."""
+    def _augury(self, data: np.ndarray, offs: np.ndarray, lens: np.ndarray, out: np.ndarray,
+                counters: Counters, now_s: float) -> list[_Segment]:
+        """Kernel decode, then the per-datagram checks that need state: geometry, session
+        policy, sequence, END. Returns the burst's segments (a new one for each session that
+        takes over); counts into ``counters``."""
         meta = np.empty((offs.size, _META_COLS), dtype=np.int64)
-        n = _augury_kernel(data, offs, lens, self.max_datagram, out, meta)
-        malformed = 0
-        t_known: int | None = None
-        keep: list[bool] = []
-        counts: list[int] = []
-        restart_at: int | None = None
-        t_before: int | None = None
-        for status, flags, session, seq, base, count, w, h in meta.tolist():
+        _augury_kernel(data, offs, lens, self.max_datagram, out, meta)
+        seg = _Segment(False)
+        segments = [seg]
+        pos = 0
+        for status, flags, session, seq, base, count, w, h, _t_max in meta.tolist():
             if status != _OK:
                 self._bad(_REASONS[status])
-                malformed += 1
+                counters.malformed += 1
                 continue
-            ok = self._geometry_ok(w, h)
-            sessions = self.seq.sessions
-            if not ok:
+            first, pos = pos, pos + count
+            counters.read += count
+            if not self._geometry_ok(w, h):
                 self._bad("bad_geometry")
-                malformed += 1
-            elif self.seq.observe(session, seq) in ("duplicate", "stale"):
-                ok = False
-            if ok and sessions and self.seq.sessions != sessions:  # a new sender session
-                restart_at = sum(c for c, kept in zip(counts, keep, strict=True) if kept)
-                t_before, t_known = t_known, None  # known times of the old sender's clock
-            if ok and count == 0:
-                self.stats.heartbeats += 1
-                t_known = base if t_known is None else max(t_known, base)
-                if flags & FLAG_END:
-                    self.stats.end_packets += 1
+                counters.malformed += 1
+                counters.read -= count
+                continue
+            verdict = self.gate.admit(session)
+            if verdict in ("other", "after_end"):
+                counters.dropped += count
+                continue
+            if verdict == "restart":  # a new segment: its clock is not compared with the old
+                seg = _Segment(True)
+                segments.append(seg)
+            self._last_rx_s = now_s
+            if self.seq.observe(session, seq) in ("duplicate", "stale"):
+                counters.read -= count  # a copy of events already counted, or too old
+                continue
             if count:
-                keep.append(ok)
-                counts.append(count)
-        events = out[:n]
-        if not all(keep):
-            events = events[np.repeat(np.array(keep, dtype=bool), counts)]
-        return events, malformed, t_known, restart_at, t_before
+                seg.ranges.append((first, first + count))
+                self._pending = True
+                continue
+            self.stats.heartbeats += 1
+            seg.t_known = base if seg.t_known is None else max(seg.t_known, base)
+            if flags & FLAG_END:
+                self.stats.end_packets += 1
+                if self.gate.policy == "single":  # (merged: the other senders go on)
+                    self.gate.end()
+                    if self._pending:
+                        self._pending = False
+                        self.stats.end_flushes += 1
+                        seg.flush = True
+        return segments
 
     def _geometry_ok(self, w: int, h: int) -> bool:
-        if w == 0 or h == 0:
+        if not (0 < w <= MAX_SENSOR_SIDE and 0 < h <= MAX_SENSOR_SIDE):
             return False
         if self.geometry is None:
             self.geometry = SensorGeometry(w, h)
