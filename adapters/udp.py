@@ -94,6 +94,7 @@ from augury.adapters.udp_wire import (
     SPIF_TS_RECORD,
     VERSION,
     Clock,
+    _ends,
     _opt_float,
     _parse_bool,
     canonical_format,
@@ -119,7 +120,8 @@ class UdpOptions:
     capacity_events: ring size in events (memory ≈ 13 B × capacity); overflow: ring policy;
     idle_timeout_s: end ``chunks()`` after that long without data (None: never);
     rcvbuf_bytes: requested SO_RCVBUF; max_datagram: receive slot in bytes (larger datagrams
-    are malformed "oversize"); until_end: end the stream on an augury END packet;
+    are malformed "oversize"); until_end: end the stream after this many augury END
+    packets (senders that finished; true = 1; 0 = never: a daemon waits for the next);
     reorder_window_us: validation's reorder window (0: events older than an already
     handed-out chunk are dropped and counted; each burst is sorted anyway);
     wait_sender_s: how long reading ``geometry`` waits for a first augury datagram when no
@@ -140,7 +142,7 @@ class UdpOptions:
     idle_timeout_s: float | None = None
     rcvbuf_bytes: int = 16 << 20
     max_datagram: int = 65536
-    until_end: bool = False
+    until_end: int = 0
     reorder_window_us: int = 0
     wait_sender_s: float | None = None
     session_idle_s: float | None = 1.0
@@ -153,7 +155,7 @@ class UdpOptions:
         conv: dict[str, Callable[[Any], Any]] = {
             "format": canonical_format, "geometry": parse_geometry, "timestamps": _parse_bool,
             "capacity_events": int, "overflow": str, "idle_timeout_s": _opt_float,
-            "rcvbuf_bytes": int, "max_datagram": int, "until_end": _parse_bool,
+            "rcvbuf_bytes": int, "max_datagram": int, "until_end": _ends,
             "reorder_window_us": int, "wait_sender_s": _opt_float,
             "session_idle_s": _opt_float, "sessions": str, "burst_datagrams": int,
             "poll_s": float,
@@ -424,7 +426,7 @@ class UdpSource(ThreadedSource):
                     log.info("%s: receiving from a sender (%s)", self.uri,
                              f"session {decoder.gate.current:08x}"
                              if decoder.gate.current is not None else self.format)
-                if o.until_end and decoder.stats.end_packets:
+                if o.until_end and decoder.stats.end_packets >= o.until_end:
                     return
                 flush = decoder.idle(now_s)  # the current sender may be silent while
                 if flush is not None:        # others are not

@@ -90,6 +90,17 @@ def _parse_bool(value: Any) -> bool:
     return bool(value)
 
 
+def _ends(value: Any) -> int:
+    """``until_end``: a count of sender ENDs (>= 0); true/false are 1/0."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"until_end must be >= 0, got {value}")
+        return value
+    return int(_parse_bool(value))
+
+
 def _opt_float(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None
