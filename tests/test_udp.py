@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import re
+import select
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -630,3 +638,92 @@ def test_garbage_is_counted_by_reason_in_source_stats() -> None:
     expected = {k: len(v) for k, v in garbage.items()}
     assert stats["malformed_by_reason"] == expected
     assert stats["malformed"] == src.totals.malformed == sum(expected.values()) == 8
+
+
+# --- the daemon: `augury run udp://…` fed by `augury send` ---------------------------------
+
+_ENDPOINTS_RE = re.compile(r"publishing on (tcp://127\.0\.0\.1:\d+); control on (\S+?)[;\s]")
+
+
+def _free_udp_port() -> int:
+    with _raw_socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: re.Pattern[str],
+                timeout_s: float = 120.0) -> re.Match[str]:
+    """Read the daemon's log (stderr) until a line matches (bounded wait)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        m = pattern.search(line)
+        if m:
+            return m
+    proc.kill()
+    raise AssertionError(f"no {pattern.pattern!r} in the daemon's log:\n" + "".join(seen))
+
+
+def test_augury_run_waits_for_a_sender_and_processes_every_window(shared_data: Path) -> None:
+    """`augury run udp://…` (a daemon: no until_end, no geometry) waits for its first sender
+    longer than the 5 s after which it used to exit 1, saying so, then processes every event
+    of `augury send evt3_sample.raw`, its last window included, while it goes on listening."""
+    from augury.control import ControlClient
+
+    rec = shared_data / "prophesee" / "evt3_sample.raw"
+    port = _free_udp_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "augury.cli", "run",
+                             f"udp://127.0.0.1:{port}?format=augury", "--publish",
+                             "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _read_until(proc, re.compile("waiting for a sender"))
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=6.0)  # still waiting past the old 5 s limit
+        sender = subprocess.run([sys.executable, "-m", "augury.cli", "send", str(rec),
+                                 f"udp://127.0.0.1:{port}", "--pace", "asap"],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert sender.returncode == 0, sender.stderr
+        _, ctl = _read_until(proc, _ENDPOINTS_RE).groups()
+        st: dict[str, object] = {}
+        with ControlClient(ctl, timeout_ms=30_000) as client:
+            deadline = time.monotonic() + 60.0
+            while time.monotonic() < deadline:
+                st = client.call("status")
+                if st.get("events_processed") == 219_596:
+                    break
+                with pytest.raises(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.2)  # still running (listening for the next sender)
+        assert st.get("events_processed") == 219_596, st
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["events_processed"] == 219_596
+
+
+def test_augury_run_with_a_finite_wait_for_a_sender_exits_with_a_clear_error() -> None:
+    port = _free_udp_port()
+    res = subprocess.run([sys.executable, "-m", "augury.cli", "run",
+                          f"udp://127.0.0.1:{port}?format=augury", "--wait-sender-s", "0.3",
+                          "--publish", "tcp://127.0.0.1:*", "--control", "none"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "no sender within 0.3 s" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "augury.cli", "run", "synthetic://bars",
+                          "--wait-sender-s", "1", "--print-config"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "applies to udp://" in res.stderr
