@@ -352,7 +352,10 @@ def run(uri: str | None, config_path: Path | None, publish: str | None, control:
     finally:
         daemon.close()
     summary = {k: v for k, v in p.status().items() if k != "geometry"}
-    click.echo(json.dumps({"summary": summary, "events_processed": metrics.events_processed}))
+    source_stats = getattr(daemon.source, "source_stats", None)  # UDP: datagram accounting
+    extra = {"source": source_stats()} if callable(source_stats) else {}
+    click.echo(json.dumps({"summary": summary, "events_processed": metrics.events_processed,
+                           **extra}))
 
 
 @main.command()
