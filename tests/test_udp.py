@@ -769,3 +769,35 @@ def test_malformed_datagrams_reach_the_pipeline_metrics() -> None:
 def test_malformed_datagrams_reach_status_and_stats() -> None:
     _, status, n_bad = _daemon_fed_garbage()
     assert status.get("source_malformed") == n_bad
+
+
+def test_a_silent_session_idles_out_and_the_next_takes_over() -> None:
+    """sessions=single: a sender that stops without END keeps the stream until it has been
+    silent for session_idle_s; then the next sender takes over (one restart), and a late
+    datagram of a sender that sent END is counted (after_end), not processed."""
+    a_ev = _events(300, seed=16, t_span_us=30_000)
+    b_ev = a_ev.copy()
+    b_ev["t"] += 50_000_000
+    with _open(idle_timeout_s=None, session_idle_s=0.3) as src, \
+            UdpSender(*src.address, geometry=GEOM, session_id=10) as a, \
+            UdpSender(*src.address, geometry=GEOM, session_id=11) as b:
+        reader = _BatchReader(src, 10_000)
+        a.send(a_ev)  # no END
+        b.send(b_ev[:100])  # while a is current: dropped
+        first = reader.until(a_ev.size)  # a's last window comes with its idle flush
+        assert src.stats.idle_flushes == 1 and src.source_stats()["other_session"] >= 1
+        b.send(b_ev[100:])
+        b.end(int(b_ev["t"][-1]) + 1)
+        late = b.encode(b_ev[:10])  # b's next sequence number, after its END
+        b.send_datagrams(late)
+        with UdpSender(*src.address, geometry=GEOM, session_id=12) as c:  # a third sender:
+            c.send(b_ev[-1:])  # it takes over after b's END; its event marks that b's late
+            c.end(int(b_ev["t"][-1]) + 1)  # datagram (sent before) was decoded
+        got = reader.until(a_ev.size + 201)
+        stats = src.source_stats()
+    np.testing.assert_array_equal(np.concatenate([x.events for x in first]), a_ev)
+    second = got[len(first):]
+    np.testing.assert_array_equal(np.concatenate([x.events for x in second]),
+                                  np.concatenate([b_ev[100:], b_ev[-1:]]))
+    assert sum(x.restart for x in got) == 2 and got[len(first)].restart  # b, then c
+    assert stats["after_end"] == 1 and stats["session_takeovers"] == 2
