@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 import numpy as np
 
-from augury.adapters.base import EventSource, open_source
+from augury.adapters.base import EventSource, open_source, parse_uri
 from augury.events import EventFormatError
 
 if TYPE_CHECKING:
@@ -267,6 +267,19 @@ def send(src: str, dest: str, pace: str, speed: float) -> None:
 
 
 # -- the daemon -------------------------------------------------------------------------------
+def with_uri_option(uri: str, key: str, value: str, *, scheme: str) -> str:
+    """``uri`` with the query option ``key=value`` set (replacing any); a UsageError if its
+    scheme is not ``scheme`` (the option belongs to that kind of source)."""
+    from urllib.parse import urlencode, urlsplit, urlunsplit
+
+    if parse_uri(uri)[0] != scheme:
+        raise click.UsageError(f"--{key.replace('_', '-')} applies to {scheme}:// sources, "
+                               f"not {uri!r}")
+    parts = urlsplit(uri)
+    query = {**parse_uri(uri)[2], key: value}
+    return urlunsplit(parts._replace(query=urlencode(query, safe=":,")))
+
+
 def _overrides(**opts: object) -> dict[str, object]:
     keys = {"uri": "source.uri", "pace": "source.pace", "speed": "source.speed",
             "batch_us": "source.batch_us", "publish": "publish.endpoint",
@@ -292,11 +305,15 @@ def _overrides(**opts: object) -> dict[str, object]:
               help="Stop after this many batches (tests, demos).")
 @click.option("--wait-subscriber-s", type=click.FloatRange(0), default=0.0,
               help="Wait up to this long for a first subscriber before reading the source.")
+@click.option("--wait-sender-s", type=click.FloatRange(0), default=None,
+              help="udp:// sources: how long to wait for a first sender before giving up "
+              "(s; default: forever, as a daemon should; same as the URI option "
+              "wait_sender_s).")
 @click.option("--print-config", is_flag=True, help="Print the effective config and exit.")
 def run(uri: str | None, config_path: Path | None, publish: str | None, control: str | None,
         pace: str | None, speed: float | None, batch_us: int | None, rate_ms: float | None,
         state_dir: str | None, sets: tuple[str, ...], max_batches: int | None,
-        wait_subscriber_s: float, print_config: bool) -> None:
+        wait_subscriber_s: float, wait_sender_s: float | None, print_config: bool) -> None:
     """Run the daemon on URI (default: the synthetic scene), publishing over ZeroMQ."""
     import logging
 
@@ -311,6 +328,9 @@ def run(uri: str | None, config_path: Path | None, publish: str | None, control:
         cfg = load_config(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    if wait_sender_s is not None:
+        cfg = replace(cfg, source=replace(cfg.source, uri=with_uri_option(
+            cfg.source.uri, "wait_sender_s", f"{wait_sender_s:g}", scheme="udp")))
     if print_config:
         click.echo(config_to_toml(cfg))
         return
@@ -332,7 +352,10 @@ def run(uri: str | None, config_path: Path | None, publish: str | None, control:
     finally:
         daemon.close()
     summary = {k: v for k, v in p.status().items() if k != "geometry"}
-    click.echo(json.dumps({"summary": summary, "events_processed": metrics.events_processed}))
+    source_stats = getattr(daemon.source, "source_stats", None)  # UDP: datagram accounting
+    extra = {"source": source_stats()} if callable(source_stats) else {}
+    click.echo(json.dumps({"summary": summary, "events_processed": metrics.events_processed,
+                           **extra}))
 
 
 @main.command()

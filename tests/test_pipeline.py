@@ -146,7 +146,7 @@ def _two_udp_sessions(ev: np.ndarray) -> tuple[object, int]:
 
     # pool 8, the workload this test was written with (the daemon's default pools this 64x48
     # sensor by 1, a slower engine, which loses the race below more often)
-    daemon = _daemon(**{"source.uri": "udp://127.0.0.1:0?geometry=64x48&until_end=1"
+    daemon = _daemon(**{"source.uri": "udp://127.0.0.1:0?geometry=64x48&until_end=2"
                                       "&idle_timeout_s=5", "model.pool": 8})
     p = daemon.pipeline
     result: dict[str, object] = {}
@@ -158,8 +158,7 @@ def _two_udp_sessions(ev: np.ndarray) -> tuple[object, int]:
             with UdpSender(host, port, geometry="64x48", session_id=session,
                            max_events_per_packet=500) as tx:
                 tx.send(ev)
-                if session == 2:
-                    tx.end(300_000)
+                tx.end(300_000)  # as `augury send` does; then the next sender takes over
         runner.join(30.0)
         t_end = p.network.t_us
     finally:
@@ -171,10 +170,15 @@ def test_udp_sender_restarting_its_clock_is_processed() -> None:
     """`augury send` run twice into one daemon: the second sender (new session, clock back
     at 0) is processed in full, as a stream restart.
 
-    Known race (pre-existing, left to the hardening issue): about 1 run in 6 on a busy
-    machine the restart is not counted (stream_restarts 0). Up to three attempts are made so
-    that the race does not block CI; every attempt's metrics are checked the same way and
-    the last one must pass.
+    Known race, root cause in the pipeline (not the UDP source): the senders outrun the
+    engine, and the live queue (drop_oldest) may drop the batch that carries the restart and
+    the next ones; the epoch still changes, but ``Pipeline._step`` applies a source's
+    restart only if the first batch of the new epoch starts before the network's time
+    (``restarted and batch.t_start_us < self.network.t_us``), which a batch of the new
+    sender from later in its stream does not: about 1 run in 6 to 15 the restart is neither
+    applied nor counted (stream_restarts 0). Up to three attempts are made so that the race
+    does not block CI; every attempt's metrics are checked the same way and the last one
+    must pass.
     """
     from augury.adapters.synthetic import SceneConfig, render_scene
 

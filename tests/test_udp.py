@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import re
+import select
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +33,7 @@ from augury.adapters.udp import (
     send_file,
     unroll_u32,
 )
-from augury.events import EVENT_DTYPE, Counters, SensorGeometry, make_events
+from augury.events import EVENT_DTYPE, Counters, EventBatch, SensorGeometry, make_events
 
 GEOM = SensorGeometry(640, 480)
 WAIT_S = 5.0  # upper bound on any wait; tests finish as soon as the data is in
@@ -52,6 +61,36 @@ def _collect(src: UdpSource, n_events: int | None = None) -> tuple[np.ndarray, C
         if n_events is not None and got >= n_events:
             break
     return (np.concatenate(parts) if parts else np.empty(0, EVENT_DTYPE)), src.totals
+
+
+class _BatchReader:
+    """The batches of a source, read by one thread (one batching state) while the source
+    stays open, as a daemon reads a UDP source between senders."""
+
+    def __init__(self, src: UdpSource, batch_us: int) -> None:
+        self.batches: list[EventBatch] = []
+        self._cond = threading.Condition()
+        self._src, self._batch_us = src, batch_us
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        for b in self._src.batches(batch_us=self._batch_us):
+            with self._cond:
+                self.batches.append(b)
+                self._cond.notify_all()
+
+    def until(self, n_events: int, timeout_s: float = WAIT_S) -> list[EventBatch]:
+        """The batches so far, once they hold ``n_events`` events (or after ``timeout_s``)."""
+        with self._cond:
+            self._cond.wait_for(lambda: sum(len(b) for b in self.batches) >= n_events,
+                                timeout_s)
+            return list(self.batches)
+
+
+def _batches_until(src: UdpSource, n_events: int, *, batch_us: int,
+                   timeout_s: float = WAIT_S) -> list[EventBatch]:
+    """Batches of ``src`` until they hold ``n_events`` events or ``timeout_s`` passes."""
+    return _BatchReader(src, batch_us).until(n_events, timeout_s)
 
 
 def _raw_socket() -> socket.socket:
@@ -127,10 +166,11 @@ def test_loss_duplication_and_reordering_are_counted() -> None:
 
 
 def test_sequence_wrap_new_session_and_stale_packets() -> None:
+    """Sequence numbers are tracked per session (two sessions merged into one stream)."""
     ev = _events(400, seed=5)
     later = ev.copy()
     later["t"] += 2_000_000
-    with _open(until_end=True) as src:
+    with _open(until_end=True, sessions="merge") as src:
         a = UdpSender(*src.address, geometry=GEOM, max_events_per_packet=100, session_id=7)
         a.seq = 0xFFFFFFFE  # wraps after two datagrams: no loss
         a.send(ev)
@@ -157,7 +197,7 @@ def test_malformed_datagrams_are_counted_and_skipped() -> None:
         hdr = list(HEADER.unpack_from(good))
         bad_count = HEADER.pack(*hdr[:-1], hdr[-1] + 1) + good[HEADER.size:]
         bad_version = good[:4] + b"\x09" + good[5:]
-        bad_geometry = HEADER.pack(*hdr[:7], 320, 240, hdr[9]) + good[HEADER.size:]
+        bad_geometry = HEADER.pack(*hdr[:7], 1280, 960, hdr[9]) + good[HEADER.size:]
         rng = np.random.default_rng(0)
         for dgram in (b"AUG", good[:20], rng.bytes(300), b"XXXX" + good[4:], bad_count,
                       bad_version, bad_geometry, MAGIC + bytes(4000)):
@@ -403,13 +443,14 @@ def test_a_new_sender_session_restarts_the_clock() -> None:
     run twice: its events are handed on, not dropped as going back in time, and batching
     starts again at its first event."""
     ev = _events(600, seed=9, t_span_us=300_000)
-    with _open(until_end=True) as src:
+    with _open(idle_timeout_s=None) as src:
         a = UdpSender(*src.address, geometry=GEOM, max_events_per_packet=100, session_id=1)
         a.send(ev)
+        a.end(300_000)  # as `augury send` does: the next sender may take over
         b = UdpSender(*src.address, geometry=GEOM, max_events_per_packet=100, session_id=2)
         b.send(ev)  # the same times again
-        b.end(0)
-        batches = list(src.batches(batch_us=10_000))
+        b.end(300_000)
+        batches = _batches_until(src, 2 * ev.size, batch_us=10_000)
         a.close()
         b.close()
         assert src.decoder.seq.sessions == 2
@@ -420,3 +461,343 @@ def test_a_new_sender_session_restarts_the_clock() -> None:
     back = [i for i in range(1, len(starts)) if starts[i] < starts[i - 1]]
     assert len(back) == 1  # one jump back in the batches' time, where the new sender starts
     assert all(bt.t_end_us > bt.t_start_us for bt in batches)
+
+
+# --- issue 10, defect 5: end of stream, waiting for a sender, several senders, counts -----
+
+
+def test_end_packet_flushes_the_last_window_while_listening() -> None:
+    """Without until_end (a daemon waiting for the next sender), a sender's END hands on its
+    last batch window at once; it used to wait for an event that never came."""
+    ev = _events(3000, seed=11, t_span_us=55_000)  # the last 10 ms window is [50, 60) ms
+    with _open(idle_timeout_s=None, session_idle_s=None) as src:  # no idle flush: END only
+        send_file(ArraySource(ev, GEOM), f"udp://127.0.0.1:{src.address[1]}", pace="asap")
+        batches = _batches_until(src, ev.size, batch_us=10_000)
+        assert src.thread_alive  # still listening
+        assert src.stats.end_flushes == 1
+    got = np.concatenate([b.events for b in batches])
+    np.testing.assert_array_equal(got, ev)
+    assert batches[-1].t_end_us == 60_000
+
+
+@pytest.mark.parametrize("fmt", ["augury", "spif"])
+def test_a_silent_sender_is_flushed_after_the_idle_time(fmt: str) -> None:
+    """A sender that stops without END (crashed, or a format without END) has its last
+    window flushed once it has been silent for session_idle_s; a later event of the same
+    sender older than the flushed time is dropped and counted, never handed on backwards."""
+    ev = _events(1000, seed=12, t_span_us=25_000)
+    with _open(fmt, geometry="640x480", timestamps=1, idle_timeout_s=None,
+               session_idle_s=0.2) as src, \
+            UdpSender(*src.address, fmt=fmt, geometry=GEOM, timestamps=True) as tx:
+        tx.send(ev)
+        reader = _BatchReader(src, 10_000)
+        batches = reader.until(ev.size)
+        got = np.concatenate([b.events for b in batches])
+        np.testing.assert_array_equal(got, ev)
+        assert batches[-1].t_end_us == 30_000 and src.stats.idle_flushes == 1
+        late = make_events(np.array([29_000, 31_000]), np.array([1, 2]), np.array([1, 2]),
+                           np.array([0, 1]))
+        tx.send(late)
+        tx.send(make_events(np.array([50_000]), np.array([3]), np.array([3]), np.array([1])))
+        more = reader.until(ev.size + 2)[len(batches):]
+        assert [b.events["t"].tolist() for b in more if len(b)] == [[31_000], [50_000]]
+        assert src.stats.late_events == 1
+
+
+def test_the_last_window_of_evt3_sample_is_processed(shared_data: Path) -> None:
+    """The issue's figure: 185,646 of the 219,596 events of evt3_sample.raw (its last 10 ms
+    window) never left a listening UDP source."""
+    from augury.adapters import open_source as open_file
+
+    rec = shared_data / "prophesee" / "evt3_sample.raw"
+    with open_file(str(rec)) as f:
+        n = f.read_all().size
+    assert n == 219_596
+    with _open(idle_timeout_s=None, session_idle_s=None) as src:
+        with open_file(str(rec)) as f:
+            sent = send_file(f, f"udp://127.0.0.1:{src.address[1]}", pace="asap")
+        batches = _batches_until(src, n, batch_us=10_000, timeout_s=30.0)
+        assert src.lost_packets == 0
+    assert sent.events == n
+    assert sum(len(b) for b in batches) == n
+
+
+def test_a_second_sender_is_counted_and_dropped_until_the_first_ends() -> None:
+    """sessions=single (default): two senders with their own clocks, datagrams interleaved:
+    the first is received whole, without a single clock restart; the second is counted and
+    dropped until the first sends END, then it takes over as one restart."""
+    a_ev = _events(1000, seed=13, t_span_us=100_000)
+    b_ev = a_ev.copy()
+    b_ev["t"] += 7_000_000  # another clock
+    with _open(idle_timeout_s=None, session_idle_s=None) as src, \
+            UdpSender(*src.address, geometry=GEOM, session_id=1,
+                      max_events_per_packet=50) as a, \
+            UdpSender(*src.address, geometry=GEOM, session_id=2,
+                      max_events_per_packet=50) as b:
+        da, db = a.encode(a_ev), b.encode(b_ev[:500])
+        for x, y in zip(da, db + [[]] * (len(da) - len(db)), strict=True):
+            a.send_datagrams([x])
+            if y:
+                b.send_datagrams([y])
+        a.end(100_000)
+        reader = _BatchReader(src, 10_000)
+        first = reader.until(a_ev.size)
+        b.send(b_ev[500:])
+        b.end(7_100_000)
+        second = reader.until(a_ev.size + 500)[len(first):]
+        stats = src.source_stats()
+    got_a = np.concatenate([x.events for x in first])
+    np.testing.assert_array_equal(got_a, a_ev)
+    assert not any(x.restart for x in first)
+    np.testing.assert_array_equal(np.concatenate([x.events for x in second]), b_ev[500:])
+    assert [x.restart for x in second if x.restart] == [True]  # one restart, at the takeover
+    assert stats["other_session"] == len(db) == 10 and stats["session_takeovers"] == 1
+    assert src.totals.dropped == 500  # the dropped sender's events are counted, not lost
+
+
+def test_merge_policy_takes_every_session_on_one_clock() -> None:
+    """sessions=merge: two senders sharing a clock (interleaved halves of one stream) give
+    the whole stream, no restart, and their sequence numbers tracked apart (no loss)."""
+    ev = _events(2000, seed=14, t_span_us=100_000)
+    with _open(idle_timeout_s=None, sessions="merge") as src, \
+            UdpSender(*src.address, geometry=GEOM, session_id=1,
+                      max_events_per_packet=100) as a, \
+            UdpSender(*src.address, geometry=GEOM, session_id=2,
+                      max_events_per_packet=100) as b:
+        for i in range(0, ev.size, 100):
+            (a if i // 100 % 2 == 0 else b).send(ev[i:i + 100])
+        a.end(100_000)
+        b.end(100_000)
+        batches = _batches_until(src, ev.size, batch_us=10_000)
+        assert src.lost_packets == 0 and src.decoder.seq.sessions == 2
+    np.testing.assert_array_equal(np.concatenate([x.events for x in batches]), ev)
+    assert not any(x.restart for x in batches)
+
+
+def test_waiting_for_a_sender_has_no_time_limit_by_default_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The geometry of an augury stream comes from its first datagram: by default the
+    source waits for it as long as it takes (it used to give up after 5 s, and `augury run`
+    exited 1), logging that it waits; a finite wait_sender_s still ends with a clear error."""
+    import augury.adapters.udp as udp_mod
+
+    with _open() as src:
+        assert src.options.wait_sender_s is None
+        caplog.set_level("INFO", logger="augury.udp")
+        got: list[SensorGeometry] = []
+        th = threading.Thread(target=lambda: got.append(src.geometry), daemon=True)
+        old = udp_mod.WAIT_LOG_EVERY_S
+        udp_mod.WAIT_LOG_EVERY_S = 0.05  # several wait periods go by
+        try:
+            th.start()
+            th.join(0.5)
+            assert th.is_alive() and not got  # still waiting, no error
+            with UdpSender(*src.address, geometry="64x48") as tx:
+                tx.heartbeat(0)
+            th.join(WAIT_S)
+        finally:
+            udp_mod.WAIT_LOG_EVERY_S = old
+        assert got == [SensorGeometry(64, 48)]
+    waits = [r.getMessage() for r in caplog.records if "waiting for a sender" in r.getMessage()]
+    assert len(waits) >= 3 and "no time limit" in waits[1]
+    with _open(wait_sender_s=0.1) as src, pytest.raises(TimeoutError, match="no sender"):
+        _ = src.geometry
+    with _open(geometry_timeout_s="0.1") as src:  # the older option name still works
+        assert src.options.wait_sender_s == 0.1
+
+
+def test_garbage_is_counted_by_reason_in_source_stats() -> None:
+    """Every malformed datagram is counted by reason, in the stream's counters and in
+    ``source_stats()``; the valid stream around it is received whole."""
+    ev = _events(400, seed=15)
+    with _open(geometry="640x480", max_datagram=60_000, idle_timeout_s=None) as src, \
+            _raw_socket() as raw, UdpSender(*src.address, geometry=GEOM,
+                                            max_events_per_packet=100) as tx:
+        good = [b"".join(bytes(p) for p in d) for d in tx.encode(ev)]
+        hdr = list(HEADER.unpack_from(good[0]))
+        garbage = {
+            "short": [b"", b"AUGY"],
+            "oversize": [bytes(65_507)],
+            "bad_magic": [b"XXXX" + good[0][4:]],
+            "bad_version": [good[0][:4] + b"\x02" + good[0][5:]],
+            "bad_time": [HEADER.pack(*hdr[:6], -1, *hdr[7:]) + good[0][HEADER.size:]],
+            "bad_event": [HEADER.pack(*hdr[:7], 8, 8, hdr[9]) + good[0][HEADER.size:]],
+            "bad_length": [good[0][:-1]],
+        }
+        groups = list(garbage.values())
+        for i, d in enumerate(good):  # each kind of garbage after one of the good datagrams
+            raw.sendto(d, src.address)
+            for group in groups[i::len(good)]:
+                for x in group:
+                    raw.sendto(x, src.address)
+        raw.sendto(HEADER.pack(MAGIC, 1, 1, 32, hdr[4], len(good), ev["t"][-1], 640, 480, 0),
+                   src.address)  # END
+        batches = _batches_until(src, ev.size, batch_us=10_000)
+        stats = src.source_stats()
+    np.testing.assert_array_equal(np.concatenate([b.events for b in batches]), ev)
+    expected = {k: len(v) for k, v in garbage.items()}
+    assert stats["malformed_by_reason"] == expected
+    assert stats["malformed"] == src.totals.malformed == sum(expected.values()) == 8
+
+
+# --- the daemon: `augury run udp://…` fed by `augury send` ---------------------------------
+
+_ENDPOINTS_RE = re.compile(r"publishing on (tcp://127\.0\.0\.1:\d+); control on (\S+?)[;\s]")
+
+
+def _free_udp_port() -> int:
+    with _raw_socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: re.Pattern[str],
+                timeout_s: float = 120.0) -> re.Match[str]:
+    """Read the daemon's log (stderr) until a line matches (bounded wait)."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        m = pattern.search(line)
+        if m:
+            return m
+    proc.kill()
+    raise AssertionError(f"no {pattern.pattern!r} in the daemon's log:\n" + "".join(seen))
+
+
+def test_augury_run_waits_for_a_sender_and_processes_every_window(shared_data: Path) -> None:
+    """`augury run udp://…` (a daemon: no until_end, no geometry) waits for its first sender
+    longer than the 5 s after which it used to exit 1, saying so, then processes every event
+    of `augury send evt3_sample.raw`, its last window included, while it goes on listening."""
+    from augury.control import ControlClient
+
+    rec = shared_data / "prophesee" / "evt3_sample.raw"
+    port = _free_udp_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "augury.cli", "run",
+                             f"udp://127.0.0.1:{port}?format=augury", "--publish",
+                             "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _read_until(proc, re.compile("waiting for a sender"))
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=6.0)  # still waiting past the old 5 s limit
+        sender = subprocess.run([sys.executable, "-m", "augury.cli", "send", str(rec),
+                                 f"udp://127.0.0.1:{port}", "--pace", "asap"],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert sender.returncode == 0, sender.stderr
+        _, ctl = _read_until(proc, _ENDPOINTS_RE).groups()
+        st: dict[str, object] = {}
+        with ControlClient(ctl, timeout_ms=30_000) as client:
+            deadline = time.monotonic() + 60.0
+            while time.monotonic() < deadline:
+                st = client.call("status")
+                if st.get("events_processed") == 219_596:
+                    break
+                with pytest.raises(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.2)  # still running (listening for the next sender)
+        assert st.get("events_processed") == 219_596, st
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["events_processed"] == 219_596
+
+
+def test_augury_run_with_a_finite_wait_for_a_sender_exits_with_a_clear_error() -> None:
+    port = _free_udp_port()
+    res = subprocess.run([sys.executable, "-m", "augury.cli", "run",
+                          f"udp://127.0.0.1:{port}?format=augury", "--wait-sender-s", "0.3",
+                          "--publish", "tcp://127.0.0.1:*", "--control", "none"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "no sender within 0.3 s" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "augury.cli", "run", "synthetic://bars",
+                          "--wait-sender-s", "1", "--print-config"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "applies to udp://" in res.stderr
+
+
+def _daemon_fed_garbage() -> tuple[object, dict[str, object], int]:
+    """An in-process daemon on UDP fed 5 malformed datagrams around a valid stream:
+    (its pipeline after the run, its status, the number of malformed datagrams)."""
+    from augury.config import load_config
+    from augury.daemon import build_daemon
+
+    cfg = load_config(None, {"source.uri": "udp://127.0.0.1:0?geometry=64x48&until_end=1",
+                             "source.pace": "asap", "source.batch_us": 1000,
+                             "publish.endpoint": "tcp://127.0.0.1:*",
+                             "control.endpoint": "none", "pipeline.overflow": "block"})
+    daemon = build_daemon(cfg)
+    try:
+        host, port = daemon.source.address
+        ev = make_events(np.arange(0, 20_000, 10), np.arange(2000) % 64,
+                         np.arange(2000) % 48, np.arange(2000) % 2)
+        with _raw_socket() as raw, UdpSender(host, port, geometry="64x48") as tx:
+            for i, d in enumerate(tx.encode(ev)):
+                tx.send_datagrams([d])
+                if i < 5:
+                    raw.sendto([b"", b"AUG", b"XXXX" * 10, bytes(65_507), MAGIC][i], (host, port))
+            tx.end(20_000)
+        daemon.pipeline.run()
+        return daemon.pipeline, daemon.pipeline.status(), 5
+    finally:
+        daemon.close()
+
+
+def test_malformed_datagrams_reach_the_pipeline_metrics() -> None:
+    pipeline, _, n_bad = _daemon_fed_garbage()
+    assert pipeline.metrics.source_malformed == n_bad  # type: ignore[attr-defined]
+    assert pipeline.metrics.events_processed == 2000  # type: ignore[attr-defined]
+    assert pipeline.source.source_stats()["malformed"] == n_bad  # type: ignore[attr-defined]
+
+
+@pytest.mark.xfail(strict=True, reason="Pipeline.status() (runtime/pipeline.py, not edited "
+                   "here) does not publish Metrics.source_malformed nor the source's own "
+                   "counters; see the UDP hardening report")
+def test_malformed_datagrams_reach_status_and_stats() -> None:
+    _, status, n_bad = _daemon_fed_garbage()
+    assert status.get("source_malformed") == n_bad
+
+
+def test_a_silent_session_idles_out_and_the_next_takes_over() -> None:
+    """sessions=single: a sender that stops without END keeps the stream until it has been
+    silent for session_idle_s; then the next sender takes over (one restart), and a late
+    datagram of a sender that sent END is counted (after_end), not processed."""
+    a_ev = _events(300, seed=16, t_span_us=30_000)
+    b_ev = a_ev.copy()
+    b_ev["t"] += 50_000_000
+    with _open(idle_timeout_s=None, session_idle_s=0.3) as src, \
+            UdpSender(*src.address, geometry=GEOM, session_id=10) as a, \
+            UdpSender(*src.address, geometry=GEOM, session_id=11) as b:
+        reader = _BatchReader(src, 10_000)
+        a.send(a_ev)  # no END
+        b.send(b_ev[:100])  # while a is current: dropped
+        first = reader.until(a_ev.size)  # a's last window comes with its idle flush
+        assert src.stats.idle_flushes == 1 and src.source_stats()["other_session"] >= 1
+        b.send(b_ev[100:])
+        b.end(int(b_ev["t"][-1]) + 1)
+        late = b.encode(b_ev[:10])  # b's next sequence number, after its END
+        b.send_datagrams(late)
+        with UdpSender(*src.address, geometry=GEOM, session_id=12) as c:  # a third sender:
+            c.send(b_ev[-1:])  # it takes over after b's END; its event marks that b's late
+            c.end(int(b_ev["t"][-1]) + 1)  # datagram (sent before) was decoded
+        got = reader.until(a_ev.size + 201)
+        stats = src.source_stats()
+    np.testing.assert_array_equal(np.concatenate([x.events for x in first]), a_ev)
+    second = got[len(first):]
+    np.testing.assert_array_equal(np.concatenate([x.events for x in second]),
+                                  np.concatenate([b_ev[100:], b_ev[-1:]]))
+    assert sum(x.restart for x in got) == 2 and got[len(first)].restart  # b, then c
+    assert stats["after_end"] == 1 and stats["session_takeovers"] == 2
