@@ -244,13 +244,19 @@ class Pipeline:
 
     # -- control ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """The run's counters (also the body of the ``stats`` topic): the source's malformed
+        input (``source_malformed``, and ``source_stats`` by reason when the source gives
+        them, e.g. UDP) next to the engine's."""
         m = self.metrics
+        by_source = getattr(self.source, "source_stats", None)
         return {
             "source": self.source.uri, "format": self.source.format,
             "geometry": [self.source.geometry.width, self.source.geometry.height],
             "t_us": self.network.t_us, "learning": self.network.learning,
             "batches": m.batches, "events_in": m.events_in,
             "events_processed": m.events_processed, "source_dropped": m.source_dropped,
+            "source_malformed": m.source_malformed,
+            **({"source_stats": by_source()} if callable(by_source) else {}),
             "queue_dropped_events": self.ring.dropped_events, "queue_depth": len(self.ring),
             "bad_batches": m.bad_batches, "rollbacks": m.rollbacks,
             "stream_restarts": m.stream_restarts,
@@ -321,21 +327,26 @@ class Pipeline:
     def _restart_reason(self, batch: EventBatch, *, first: bool, restarted: bool) -> str | None:
         """Why ``batch`` restarts the stream's clock, or None if it continues the stream.
 
-        The network's clock must have started and the batch must start before the time it
-        reached (``network.t_us``, µs). Then the batch is a restart if it is the first one
-        of this run (``first``: after a resume from a checkpoint the source's clock is not
-        the one the network's time came from, however close the two times are), if its
-        source marks a restart of its clock (``restarted``: the ``clock_epoch`` changed), or
-        if it ends ``restart_after_us`` or more before that time. A smaller, unmarked step
-        back in the middle of a run is not a restart: ``_step`` trims it as stale.
+        The network's clock must have started. A batch whose source marks a restart of its
+        clock in the middle of a run (``restarted``: the ``clock_epoch`` changed, e.g. a new
+        UDP sender session) is a restart wherever its time lies: the batches between may
+        have been dropped by a full queue, so the first one seen can start after the
+        network's time. Otherwise the batch must start before the time the network reached
+        (``network.t_us``, µs), and it is a restart if it is the first one of this run
+        (``first``: after a resume from a checkpoint the source's clock is not the one the
+        network's time came from, however close the two times are) or if it ends
+        ``restart_after_us`` or more before that time. A smaller, unmarked step back in the
+        middle of a run is not a restart: ``_step`` trims it as stale.
         """
         t_us = self.network.t_us
-        if not self.network.state.clock[K_STARTED] or batch.t_start_us >= t_us:
+        if not self.network.state.clock[K_STARTED]:
+            return None
+        if restarted and not first:
+            return "the source restarted its clock"
+        if batch.t_start_us >= t_us:
             return None
         if first:
             return "the first batch of this run: a resume from a checkpoint"
-        if restarted:
-            return "the source restarted its clock"
         if batch.t_end_us + self.options.restart_after_us <= t_us:
             return f"a step back of at least restart_after_us={self.options.restart_after_us} µs"
         return None
@@ -353,9 +364,9 @@ class Pipeline:
         m.source_malformed += batch.counters.malformed
         why = self._restart_reason(batch, first=first, restarted=restarted)
         if why is not None:
-            log.warning("stream time went back from %d to %d µs (%s): the stream restarted; "
-                        "learned state kept, traces and beliefs restart", self.network.t_us,
-                        batch.t_start_us, why)
+            log.warning("the stream restarted (%s): network time %d µs, next batch from %d µs; "
+                        "learned state kept, traces and beliefs restart", why,
+                        self.network.t_us, batch.t_start_us)
             restart_stream(self.network)
             self._good = None
             self._next_publish_us = None  # the schedules follow the new stream time

@@ -235,3 +235,26 @@ def test_idle_timeout_ends_the_stream_and_the_thread() -> None:
     got = list(src.chunks())
     assert [c.events.size for c in got] == [3]
     assert not src.thread_alive
+
+
+def test_a_restart_survives_the_folding_of_ring_drops() -> None:
+    """The first chunk after dropped ones carries their counts; if it restarts the stream's
+    clock (a new sender session), it must still say so, or the restart is lost."""
+    import dataclasses
+
+    done = threading.Event()
+    size, capacity = 100, 1000
+
+    def produce(stop: threading.Event) -> Iterator[Chunk]:
+        for k in range(20):
+            c = _chunk(k * size, size)
+            yield dataclasses.replace(c, restart=True) if k == 10 else c
+        done.set()
+
+    ring = EventRing(capacity, "drop_oldest")
+    src = ThreadedSource(produce, ring, geometry=SensorGeometry(1 << 15, 1 << 15))
+    assert done.wait(JOIN_S)
+    got = [c for c in src.chunks() if c.events.size]
+    src.close()
+    assert got[0].events["t"][0] == 10 * size and got[0].counters.dropped > 0
+    assert got[0].restart and not any(c.restart for c in got[1:])
