@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true",
+                     help="fuzz suites: ten times the cases (thousands per target)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``--long`` sets the fuzz suites' scale before their modules are imported."""
+    if config.getoption("--long"):
+        os.environ.setdefault("AUGURY_FUZZ_LONG", "1")
+        os.environ.setdefault("AUGURY_FUZZ_SCALE", "10")
 
 
 @pytest.fixture(scope="session")
