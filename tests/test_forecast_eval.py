@@ -129,18 +129,20 @@ def test_real_recordings_beat_persistence_and_the_best_ema(quick: dict, name: st
     assert r["vs_persistence"]["lo"] > 0.3, r["vs_persistence"]
     assert r["rls_vs_persistence"]["lo"] > 0.0, r["rls_vs_persistence"]  # a real baseline
     assert r["vs_best_ema"]["lo"] > 0.05, r["vs_best_ema"]  # measured +0.22, +0.14
-    assert r["vs_rls"]["gain"] > 0.0, r["vs_rls"]  # measured +0.03, +0.23
+    assert r["vs_rls"]["lo"] > 0.0, r["vs_rls"]  # measured lo +0.13, +0.26
     assert 0.87 <= r["coverage90"] <= 0.93, r["coverage90"]
     assert 0.9 < r["pred_over_actual"] < 1.1
 
 
 def test_static_scene(quick: dict) -> None:
     """Background activity and hot pixels: the best EMA has a long τ; the mixture of rate
-    experts stays within 0.1 nats/event of it (the forecast unit alone lost 0.3)."""
+    experts, with its 10 s average, beats it with a CI above 0 (measured +0.044
+    [+0.035, +0.052] over these 1.5 s; the forecast unit alone lost 0.3), and beats RLS."""
     r = quick["static"]
     assert r["best_ema_tau_ms"] >= 200
     assert r["vs_persistence"]["lo"] > 0.3
-    assert r["vs_best_ema"]["gain"] > -0.1, r["vs_best_ema"]
+    assert r["vs_best_ema"]["lo"] > 0.0, r["vs_best_ema"]
+    assert r["vs_rls"]["lo"] > 0.0, r["vs_rls"]
     assert 0.87 <= r["coverage90"] <= 0.93, r["coverage90"]
 
 
