@@ -1,0 +1,314 @@
+"""Convergence of online learning on real event streams (issue 13, *Convergence*).
+
+Usage::
+
+    python -m tools.experiments.convergence [--quick] [--write-docs] [--seeds 0 1 2]
+        [--events N] [--streams rotdisk dvxplorer nmnist] [--spec key=value ...]
+
+Each stream (a real recording looped until ``--events`` events, each loop shifted by its
+span; or N-MNIST training digits back to back, 20 ms apart) is fed in 10 ms batches through
+``Network.step`` with learning on, from a fresh network. Every ``block`` of stream time the
+script records, over that block:
+
+Blocks: one loop of a looped recording (every block then holds the same events, so the
+curves show learning, not the scene changing), or a 40th of the N-MNIST stream.
+
+* the published forecast's Poisson log-likelihood per event (``count_mean`` read out at
+  each window end, scored on the next window's counts; nats/event);
+* the free energy F of the read-outs (mean over the block's read-outs; with the default
+  single belief layer, F is layer 1's);
+* the weight change per learning epoch, ‖W¹(end) − W¹(start)‖_F / epochs in the block;
+* the distance of the weights to their final value, ‖W¹ − W¹_final‖_F / ‖W¹_final‖_F.
+
+Time to within 5 %: the first events-seen count after which the quantity stays within 5 %
+of its final value (the mean of the last three blocks; for the weights, within 5 % of the
+final weights). Each setting runs with ``--seeds`` (3 by default); the table gives mean and
+range over seeds. Two settings: the default curvature mix γ = ``curv_mix`` (0.25) and the
+majorize-minimize guarantee γ = 1.
+
+Output: one line per run, a Markdown table, a PNG (``docs/figures/convergence.png``) and, with
+``--write-docs``, the table in docs/results.md between ``convergence`` markers; the last line
+is one JSON object. ``--quick``: the rotating disk looped 8 times (3 M events), one seed
+(< 1 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from augury.events import EventBatch
+from augury.model.network import Network
+from augury.model.scoring import poisson_loglik, window_counts
+from augury.model.spec import ModelSpec
+from tools.spec_args import add_spec_argument, spec_overrides
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DOC = Path(__file__).resolve().parents[2] / "docs"
+RECORDINGS = {
+    "rotdisk": DATA / "inivation" / "davis240c_rotdisk.aedat",
+    "dvxplorer": DATA / "inivation" / "dvxplorer_sample.aedat4",
+}
+WINDOW_US = 10_000
+"""Batch span and scoring window (µs): the default horizon Δ."""
+NMNIST_GAP_US = 20_000
+TOLERANCE = 0.05
+QUICK_EVENTS = 8 * 374_296
+"""--quick: eight loops of the rotating disk (374,296 events each)."""
+SETTINGS = {"default γ = 0.25": {}, "γ = 1 (majorize-minimize)": {"curv_mix": 1.0}}
+
+
+@dataclass
+class Curve:
+    """Per block: events seen so far, log-likelihood per event, mean F, weight change per
+    epoch, relative distance of W¹ to its final value."""
+
+    events: np.ndarray
+    loglik: np.ndarray
+    free_energy: np.ndarray
+    dw_per_epoch: np.ndarray
+    w_distance: np.ndarray
+
+
+def looped(ev: np.ndarray, n_events: int) -> np.ndarray:
+    """Repeat a recording until n_events, each loop shifted by its span (µs)."""
+    span = int(ev["t"][-1]) + 1
+    loops = -(-n_events // ev.size)
+    out = np.concatenate([ev] * loops)
+    out["t"] += np.repeat(np.arange(loops, dtype=np.int64) * span, ev.size)
+    return out[:n_events]
+
+
+def load(name: str, n_events: int) -> tuple[np.ndarray, int, int, int | None]:
+    """Events (t from 0, µs, sorted), geometry and loop span (µs; None for N-MNIST, whose
+    digits do not repeat) of a stream of about n_events events."""
+    from augury.adapters import open_source
+
+    if name == "nmnist":
+        from tools.experiments.nmnist_probe import labels, load_digit
+
+        parts, t0 = [], 0
+        for sample, _ in labels("train1K"):
+            e = load_digit(sample)
+            e["t"] += t0
+            t0 = int(e["t"][-1]) + NMNIST_GAP_US
+            parts.append(e)
+            if sum(p.size for p in parts) >= n_events:
+                break
+        ev = np.concatenate(parts)
+        return looped(ev, n_events), 34, 34, None
+    with open_source(RECORDINGS[name]) as src:
+        ev = src.read_all().copy()
+        w, h = src.geometry.width, src.geometry.height
+    ev["t"] -= ev["t"][0]
+    return looped(ev, n_events), w, h, int(ev["t"][-1]) + 1
+
+
+def _entry(bad: np.ndarray, events: np.ndarray) -> float:
+    """Events seen at the first block after the last bad one; NaN when that is one of the
+    last three blocks (the final value is their mean: entering there shows nothing)."""
+    first_ok = int(bad[-1]) + 1 if bad.size else 0
+    return float(events[first_ok]) if first_ok < events.size - 3 else float("nan")
+
+
+def within(values: np.ndarray, final: float, events: np.ndarray) -> float:
+    """Events seen when ``values`` enter and stay within TOLERANCE·|final| of final."""
+    ok = np.abs(values - final) <= TOLERANCE * max(abs(final), 1e-12)
+    return _entry(np.flatnonzero(~ok), events)
+
+
+def run_curve(ev: np.ndarray, w: int, h: int, spec_over: dict[str, object],
+              block_us: int) -> Curve:
+    """Feed the stream once with learning on; measure every block of ``block_us`` stream
+    time (one loop of a looped recording, so that every block holds the same events)."""
+    spec = ModelSpec.from_dict({"width": w, "height": h, "pool": 0, **spec_over})
+    net = Network(spec)
+    t_end = int(ev["t"][-1]) + 1
+    n_win = -(-t_end // WINDOW_US)
+    edges = np.searchsorted(ev["t"], np.arange(n_win + 1) * WINDOW_US)
+    block_of = ((np.arange(n_win) + 1) * WINDOW_US - 1) // block_us  # block of each window
+    rows: list[tuple[float, float, float, float]] = []
+    snapshots: list[np.ndarray] = []
+    ll = f_sum = 0.0
+    n_ev = n_read = 0
+    pred: np.ndarray | None = None
+    w_start = net.state.W1.copy()
+    seen = 0
+    for i in range(n_win):
+        part = ev[edges[i]:edges[i + 1]]
+        b = EventBatch(part, i * WINDOW_US, (i + 1) * WINDOW_US, i)
+        n = window_counts(spec, part)
+        if pred is not None:
+            ll += poisson_loglik(pred, n)
+            n_ev += int(n.sum())
+        r = net.step(b)
+        pred = r.count_mean
+        f_sum += r.free_energy
+        n_read += 1
+        seen += part.size
+        if i == n_win - 1 or block_of[i + 1] != block_of[i]:
+            epochs = max(1, block_us // spec.learn_us)
+            dw = float(np.linalg.norm(net.state.W1 - w_start)) / epochs
+            rows.append((seen, ll / max(n_ev, 1), f_sum / max(n_read, 1), dw))
+            snapshots.append(net.state.W1.copy())
+            w_start = net.state.W1.copy()
+            ll = f_sum = 0.0
+            n_ev = n_read = 0
+    if len(rows) > 1 and rows[-1][0] - rows[-2][0] < 0.5 * (rows[-2][0] - (
+            rows[-3][0] if len(rows) > 2 else 0)):
+        rows, snapshots = rows[:-1], snapshots[:-1]  # a sliver left by window rounding
+    a = np.array(rows)
+    final = snapshots[-1]
+    dist = np.array([np.linalg.norm(s - final) / max(np.linalg.norm(final), 1e-12)
+                     for s in snapshots])
+    return Curve(a[:, 0], a[:, 1], a[:, 2], a[:, 3], dist)
+
+
+def summarise(c: Curve) -> dict[str, float]:
+    """Final values and times (events seen) to within 5 % of them."""
+    tail = slice(-3, None)
+    fin_ll, fin_f = float(c.loglik[tail].mean()), float(c.free_energy[tail].mean())
+    return {
+        "final_loglik": fin_ll, "first_loglik": float(c.loglik[0]),
+        "events_to_5pct_loglik": within(c.loglik, fin_ll, c.events),
+        "final_free_energy": fin_f,
+        "events_to_5pct_free_energy": within(c.free_energy, fin_f, c.events),
+        "dw_first": float(c.dw_per_epoch[0]), "dw_last": float(c.dw_per_epoch[-1]),
+        "events_to_5pct_weights": _weights_within(c),
+    }
+
+
+def _weights_within(c: Curve) -> float:
+    """Events seen when W¹ enters and stays within 5 % (relative) of its final value."""
+    return _entry(np.flatnonzero(c.w_distance > TOLERANCE), c.events)
+
+
+def table(res: dict[str, dict[str, list[dict[str, float]]]]) -> str:
+    """Markdown: per stream and setting, mean [min, max] over seeds."""
+    def fmt(vals: list[float], scale: float = 1.0, digits: int = 3) -> str:
+        v = np.array(vals) / scale
+        if np.all(np.isnan(v)):
+            return "not before the end"
+        return (f"{np.nanmean(v):.{digits}f} [{np.nanmin(v):.{digits}f}, "
+                f"{np.nanmax(v):.{digits}f}]")
+
+    lines = ["| stream | setting | log-lik/event first → final | events to 5 % (log-lik), M "
+             "| events to 5 % (F), M | events to 5 % (W¹), M | ΔW/epoch first → last |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for stream, by_setting in res.items():
+        for setting, runs in by_setting.items():
+            g = {k: [r[k] for r in runs] for k in runs[0]}
+            lines.append(
+                f"| {stream} | {setting} | {np.mean(g['first_loglik']):+.3f} → "
+                f"{np.mean(g['final_loglik']):+.3f} | {fmt(g['events_to_5pct_loglik'], 1e6, 2)} | "
+                f"{fmt(g['events_to_5pct_free_energy'], 1e6, 2)} | "
+                f"{fmt(g['events_to_5pct_weights'], 1e6, 2)} | "
+                f"{np.mean(g['dw_first']):.2e} → {np.mean(g['dw_last']):.2e} |")
+    return "\n".join(lines)
+
+
+def figure(curves: dict[str, dict[str, list[Curve]]], path: Path) -> None:
+    """Log-likelihood per event and weight distance to final against events seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(curves), figsize=(4.2 * len(curves), 6), squeeze=False)
+    for col, (stream, by_setting) in enumerate(curves.items()):
+        for setting, cs in by_setting.items():
+            for k, c in enumerate(cs):
+                lab = setting if k == 0 else None
+                style = "-" if "default" in setting else "--"
+                axes[0, col].plot(c.events / 1e6, c.loglik, style, lw=1, label=lab)
+                axes[1, col].semilogy(c.events / 1e6, np.maximum(c.w_distance, 1e-6), style,
+                                      lw=1, label=lab)
+        axes[0, col].set_title(stream)
+        axes[0, col].set_ylabel("forecast log-lik (nats/event)")
+        axes[1, col].set_ylabel("‖W¹ − W¹_final‖ / ‖W¹_final‖")
+        axes[1, col].axhline(TOLERANCE, color="grey", lw=0.5)
+        axes[1, col].set_xlabel("events seen (M)")
+        axes[0, col].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_docs(text: str, command: str) -> None:
+    path = DOC / "results.md"
+    doc = path.read_text()
+    begin, end = "<!-- convergence:begin -->", "<!-- convergence:end -->"
+    block = (f"{begin}\nCommand: `{command}`\n\n{text}\n\n"
+             f"![convergence](figures/convergence.png)\n{end}")
+    if begin in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc += "\n## Convergence of online learning\n\n" + block + "\n"
+    path.write_text(doc)
+
+
+def run(*, streams: list[str], seeds: list[int], n_events: int, n_blocks: int,
+        overrides: dict[str, object]) -> tuple[dict, dict]:
+    res: dict[str, dict[str, list[dict[str, float]]]] = {}
+    curves: dict[str, dict[str, list[Curve]]] = {}
+    for stream in streams:
+        ev, w, h, period = load(stream, n_events)
+        block_us = period or -(-(int(ev["t"][-1]) + 1) // n_blocks)
+        for setting, extra in SETTINGS.items():
+            for seed in seeds:
+                t0 = time.time()
+                c = run_curve(ev, w, h, {**overrides, **extra, "seed": seed}, block_us)
+                s = summarise(c)
+                res.setdefault(stream, {}).setdefault(setting, []).append(s)
+                curves.setdefault(stream, {}).setdefault(setting, []).append(c)
+                print(stream, setting, seed, json.dumps({k: round(v, 4) for k, v in s.items()}),
+                      f"({time.time() - t0:.0f} s)", flush=True)
+    return res, curves
+
+
+def headline(res: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for stream, by_setting in res.items():
+        for setting, runs in by_setting.items():
+            tag = "gamma1" if "γ = 1" in setting else "default"
+            for key in ("events_to_5pct_loglik", "events_to_5pct_weights", "final_loglik"):
+                vals = [r[key] for r in runs]
+                out[f"{stream}_{tag}_{key}"] = (None if np.all(np.isnan(vals))  # type: ignore
+                                                else round(float(np.nanmean(vals)), 4))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="rotating disk × 8 loops, 1 seed")
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--events", type=int, default=None, help="events per stream (default 10 M)")
+    ap.add_argument("--streams", nargs="+", default=None,
+                    choices=[*RECORDINGS, "nmnist"])
+    add_spec_argument(ap)
+    a = ap.parse_args(argv)
+    streams = a.streams or (["rotdisk"] if a.quick else [*RECORDINGS, "nmnist"])
+    seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
+    n_events = a.events or (QUICK_EVENTS if a.quick else 10_000_000)
+    t0 = time.time()
+    res, curves = run(streams=streams, seeds=seeds, n_events=n_events,
+                      n_blocks=40, overrides=spec_overrides(a.spec))
+    text = table(res)
+    print(text)
+    if a.write_docs:
+        figure(curves, DOC / "figures" / "convergence.png")
+        cmd = "python -m tools.experiments.convergence" + (" --quick" if a.quick else "")
+        write_docs(text + f"\n\n({len(seeds)} seeds, {n_events:,} events per stream, "
+                   f"{time.time() - t0:.0f} s)", cmd)
+    print(json.dumps(headline(res)))
+
+
+if __name__ == "__main__":
+    main()
