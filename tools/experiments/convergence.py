@@ -46,6 +46,7 @@ from augury.events import EventBatch
 from augury.model.network import Network
 from augury.model.scoring import poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
+from tools.experiments.docs_block import write_block
 from tools.spec_args import add_spec_argument, spec_overrides
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -241,16 +242,8 @@ def figure(curves: dict[str, dict[str, list[Curve]]], path: Path) -> None:
 
 
 def write_docs(text: str, command: str) -> None:
-    path = DOC / "results.md"
-    doc = path.read_text()
-    begin, end = "<!-- convergence:begin -->", "<!-- convergence:end -->"
-    block = (f"{begin}\nCommand: `{command}`\n\n{text}\n\n"
-             f"![convergence](figures/convergence.png)\n{end}")
-    if begin in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc += "\n## Convergence of online learning\n\n" + block + "\n"
-    path.write_text(doc)
+    write_block("convergence", "Convergence of online learning", text, command,
+                "figures/convergence.png")
 
 
 def run(*, streams: list[str], seeds: list[int], n_events: int, n_blocks: int,

@@ -49,9 +49,9 @@ from augury.model.network import Network
 from augury.model.scoring import poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
 from tools.experiments.convergence import RECORDINGS, WINDOW_US, looped
+from tools.experiments.docs_block import write_block
 from tools.spec_args import add_spec_argument, spec_overrides
 
-DOC = Path(__file__).resolve().parents[2] / "docs"
 SIDE = 180
 """Crop (px) of every stream: square, so that a 90° rotation keeps the geometry."""
 SETTINGS: dict[str, dict[str, object]] = {"learning": {}, "no drift (q = 0)": {"q": 0.0},
@@ -219,15 +219,7 @@ def table(res: dict[str, dict[str, list[dict[str, float]]]]) -> str:
 
 
 def write_docs(text: str, command: str) -> None:
-    path = DOC / "results.md"
-    doc = path.read_text()
-    begin, end = "<!-- shifts:begin -->", "<!-- shifts:end -->"
-    block = f"{begin}\nCommand: `{command}`\n\n{text}\n{end}"
-    if begin in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc += "\n## Adaptation to controlled shifts of real data\n\n" + block + "\n"
-    path.write_text(doc)
+    write_block("shifts", "Adaptation to controlled shifts of real data", text, command)
 
 
 def headline(res: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, float | None]:

@@ -46,6 +46,7 @@ from augury.events import EventBatch
 from augury.model.network import Network
 from augury.model.spec import ModelSpec
 from tools.experiments.convergence import RECORDINGS, WINDOW_US, load
+from tools.experiments.docs_block import write_block
 from tools.spec_args import add_spec_argument, spec_overrides
 
 DOC = Path(__file__).resolve().parents[2] / "docs"
@@ -169,16 +170,7 @@ def figure(maps: dict[str, tuple[list[float], list[float], dict]], path: Path) -
 
 
 def write_docs(text: str, command: str) -> None:
-    path = DOC / "results.md"
-    doc = path.read_text()
-    begin, end = "<!-- stability:begin -->", "<!-- stability:end -->"
-    block = (f"{begin}\nCommand: `{command}`\n\n{text}\n\n"
-             f"![stability](figures/stability.png)\n{end}")
-    if begin in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc += "\n## Stability of online learning\n\n" + block + "\n"
-    path.write_text(doc)
+    write_block("stability", "Stability of online learning", text, command, "figures/stability.png")
 
 
 def main(argv: list[str] | None = None) -> None:
