@@ -138,6 +138,7 @@ class Params(NamedTuple):
     mix_kmax: int  # silent windows the rate experts still process in one silence
     msh: bool  # the shared linear forecaster is an expert
     sh_forget: float  # its per-window forgetting factor (recursive least squares)
+    plain_rate: float  # > 0: W1, W2 learn at this plain rate (Bayesian synapse off)
     w_soft: bool  # W1, W2: soft bounds (updates scaled by the distance to the bound)
     w_norm: float  # Euclidean norm every dictionary atom is scaled to after learning (0: off)
 
@@ -161,7 +162,7 @@ def make_params(spec: ModelSpec) -> Params:
         m0=MIX_FLOOR, od_rate=OD_RATE,
         mix_kmax=-(-4 * max(spec.mix_taus_us, default=0) // spec.horizon_us),
         msh=spec.mix_shared, sh_forget=SH_FORGET, w_norm=spec.w_norm,
-        w_soft=spec.w_soft_bounds,
+        w_soft=spec.w_soft_bounds, plain_rate=spec.plain_rate,
     )
 
 
@@ -550,8 +551,11 @@ def _event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int,
 @_kernel
 def _bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, Ic: np.ndarray, w: int,
                   q: float, lo: float, hi: float, qs: float, salt: int,
-                  soft: bool = True) -> None:
+                  soft: bool = True, plain: float = 0.0) -> None:
     """Bayesian synapse (diagonal Kalman filter) with soft bounds [lo, hi].
+
+    ``plain`` > 0 switches the Bayesian synapse off (a control for experiments): every
+    weight then learns at that plain rate (ΔW = plain · G) and S is left as it is.
 
     s² ← 1/(1/(s² + q) + I);  ΔW = s² G · (hi − W)/(hi − lo) if G > 0 else (W − lo)/(hi − lo)
     where G = Σ ε_post · r_pre and I = Σ π_post · r_pre · Σ r (majorized information).
@@ -562,8 +566,11 @@ def _bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, Ic: np.ndarray, w
     for a in range(W.shape[1]):
         for b in range(W.shape[2]):
             n = 2 * ((w * W.shape[1] + a) * W.shape[2] + b)
-            s2 = 1.0 / (1.0 / (S[w, a, b] + q) + Ic[a, b])
-            S[w, a, b] = qsr(s2, qs, salt, n)
+            if plain > 0.0:
+                s2 = plain
+            else:
+                s2 = 1.0 / (1.0 / (S[w, a, b] + q) + Ic[a, b])
+                S[w, a, b] = qsr(s2, qs, salt, n)
             dw = s2 * G[a, b]
             wv = W[w, a, b]
             if not soft:
@@ -635,14 +642,14 @@ def _learn(st: State, sc: Scratch, p: Params) -> None:
                     sc.I1[d, k] += st.pi1[j, d] * (r * rsum)
         if p.per_col:
             _bayes_update(st.W1, st.S1, sc.G1, sc.I1, j, p.q, 0.0, p.w_max, p.qs,
-                          _salt(p, st.counters[C_TICKS], 1), p.w_soft)
+                          _salt(p, st.counters[C_TICKS], 1), p.w_soft, p.plain_rate)
             if p.w_norm > 0.0:
                 _norm_atoms(st.W1, j, p.w_norm, p.qs)
             sc.G1[:, :] = 0.0
             sc.I1[:, :] = 0.0
     if not p.per_col:
         _bayes_update(st.W1, st.S1, sc.G1, sc.I1, 0, p.q, 0.0, p.w_max, p.qs,
-                      _salt(p, st.counters[C_TICKS], 1), p.w_soft)
+                      _salt(p, st.counters[C_TICKS], 1), p.w_soft, p.plain_rate)
         if p.w_norm > 0.0:
             _norm_atoms(st.W1, 0, p.w_norm, p.qs)
     _transpose_w1(st, sc)
@@ -666,12 +673,12 @@ def _learn(st: State, sc: Scratch, p: Params) -> None:
                         sc.I2[s, k] += st.pi2[big, s] * (r * rsum)
             if p.per_col:
                 _bayes_update(st.W2, st.S2, sc.G2, sc.I2, big, p.q, 0.0, p.w_max, p.qs,
-                              _salt(p, st.counters[C_TICKS], 2), p.w_soft)
+                              _salt(p, st.counters[C_TICKS], 2), p.w_soft, p.plain_rate)
                 sc.G2[:, :] = 0.0
                 sc.I2[:, :] = 0.0
         if not p.per_col:
             _bayes_update(st.W2, st.S2, sc.G2, sc.I2, 0, p.q, 0.0, p.w_max, p.qs,
-                          _salt(p, st.counters[C_TICKS], 2), p.w_soft)
+                          _salt(p, st.counters[C_TICKS], 2), p.w_soft, p.plain_rate)
 
 
 @_kernel

@@ -248,14 +248,18 @@ def event(st: State, sc: Scratch, p: Params, t: int, x: int, y: int, pol: int,
 
 
 def bayes_update(W: np.ndarray, S: np.ndarray, G: np.ndarray, info: np.ndarray, w: int,
-                 qdrift: float, hi: float, qs: float, s: int = -1, soft: bool = True) -> None:
+                 qdrift: float, hi: float, qs: float, s: int = -1, soft: bool = True,
+                 plain: float = 0.0) -> None:
     """s² ← 1/(1/(s² + q) + I); W ← clip(W + s² G · soft-bound factor, 0, hi); in fixed
     point rounded stochastically with stream s ≥ 0 (numbers 2·flat and 2·flat + 1 of each
     weight's flat index in W), else half up."""
     n = 2 * (w * W[w].size + np.arange(W[w].size).reshape(W[w].shape))
-    s2 = 1.0 / (1.0 / (S[w] + qdrift) + info)
-    S[w] = qsr(s2, qs, s, n)
-    dw = s2 * G
+    if plain > 0.0:  # the Bayesian synapse off: a plain learning rate, S untouched
+        dw = plain * G
+    else:
+        s2 = 1.0 / (1.0 / (S[w] + qdrift) + info)
+        S[w] = qsr(s2, qs, s, n)
+        dw = s2 * G
     if soft:
         dw = np.where(dw > 0.0, dw * (hi - W[w]) / hi, dw * W[w] / hi)
     W[w] = qsr(np.clip(W[w] + dw, 0.0, hi), qs, s, n + 1)
@@ -298,14 +302,14 @@ def learn(st: State, sc: Scratch, p: Params) -> None:
             info += np.outer(st.pi1[j], r * rsum)
         if p.per_col:
             bayes_update(st.W1, st.S1, G, info, j, p.q, p.w_max, p.qs,
-                     salt(p, st.counters[C_TICKS], 1), p.w_soft)
+                     salt(p, st.counters[C_TICKS], 1), p.w_soft, p.plain_rate)
             if p.w_norm > 0.0:
                 norm_atoms(st.W1, j, p.w_norm, p.qs)
             G[:] = 0.0
             info[:] = 0.0
     if not p.per_col:
         bayes_update(st.W1, st.S1, G, info, 0, p.q, p.w_max, p.qs,
-                     salt(p, st.counters[C_TICKS], 1), p.w_soft)
+                     salt(p, st.counters[C_TICKS], 1), p.w_soft, p.plain_rate)
         if p.w_norm > 0.0:
             norm_atoms(st.W1, 0, p.w_norm, p.qs)
     if p.layers == 2:
@@ -320,12 +324,12 @@ def learn(st: State, sc: Scratch, p: Params) -> None:
                 info += np.outer(st.pi2[big], r * rsum)
             if p.per_col:
                 bayes_update(st.W2, st.S2, G, info, big, p.q, p.w_max, p.qs,
-                     salt(p, st.counters[C_TICKS], 2), p.w_soft)
+                     salt(p, st.counters[C_TICKS], 2), p.w_soft, p.plain_rate)
                 G[:] = 0.0
                 info[:] = 0.0
         if not p.per_col:
             bayes_update(st.W2, st.S2, G, info, 0, p.q, p.w_max, p.qs,
-                     salt(p, st.counters[C_TICKS], 2), p.w_soft)
+                     salt(p, st.counters[C_TICKS], 2), p.w_soft, p.plain_rate)
 
 
 def refresh(st: State, p: Params) -> None:

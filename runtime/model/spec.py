@@ -59,6 +59,7 @@ class ModelSpec:
     pi_max: float = 100.0
     w_max: float = 4.0  # soft bound: weights live in [0, w_max]
     w_init: float = 0.1  # initial weights ~ U(0, w_init)
+    plain_rate: float = 0.0  # > 0: W1, W2 learn at this plain rate (Bayesian synapse off)
     w_soft_bounds: bool = True  # W1, W2 updates scaled by the distance to their bound
     w_norm: float = 0.0  # > 0: every layer-1 atom is kept at this Euclidean norm (0: off)
     a_q: float = 1e-5  # Kalman drift of the temporal weights A
@@ -113,6 +114,7 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.horizon_us={self.horizon_us} must be a multiple of "
                              f"tick_us={self.tick_us}")
         for name in ("theta_e", "theta_mu", "sparsity", "q", "a_q", "z_off", "w_init", "w_norm",
+                     "plain_rate",
                      "settle", "homeo_rate", "homeo_eta"):
             _check_float(self, name, 0.0, math.inf, lo_open=False)
         _check_float(self, "curv_mix", 0.0, 1.0, lo_open=False)

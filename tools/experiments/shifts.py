@@ -30,7 +30,8 @@ shift and setting:
   the very same return events (nats/event; negative = the shift cost something on A).
 
 Settings: the default (learning on), no drift (``q = 0``: the Bayesian synapse's variance can
-only shrink), and learning frozen at the shift. Mean and range over ``--seeds``. Output: a
+only shrink), the Bayesian synapse off (``plain_rate``: W¹ learns at a fixed rate, no weight
+variance), and learning frozen at the shift. Mean and range over ``--seeds``. Output: a
 Markdown table, with ``--write-docs`` into docs/results.md between ``shifts`` markers, and one
 JSON object last. ``--quick``: the polarity flip only, one seed, short phases (< 1 min).
 """
@@ -54,8 +55,14 @@ from tools.spec_args import add_spec_argument, spec_overrides
 
 SIDE = 180
 """Crop (px) of every stream: square, so that a 90° rotation keeps the geometry."""
-SETTINGS: dict[str, dict[str, object]] = {"learning": {}, "no drift (q = 0)": {"q": 0.0},
-                                          "frozen at the shift": {}}
+PLAIN_RATE = 1.5e-4
+"""The plain learning rate of the Bayesian-synapse-off control: the median weight variance
+s² of W¹ that the Bayesian synapse reaches after the 6 s of A (measured 1.5·10⁻⁴, seed 0),
+so that both learn at the same typical rate and differ in the per-weight uncertainty."""
+SETTINGS: dict[str, dict[str, object]] = {
+    "learning": {}, "no drift (q = 0)": {"q": 0.0},
+    "Bayesian synapse off (plain rate)": {"plain_rate": PLAIN_RATE},
+    "frozen at the shift": {}}
 PEAK_WINDOW_US = 100_000
 SMOOTH_WINDOWS = 5
 
@@ -226,7 +233,8 @@ def headline(res: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, flo
     out: dict[str, float | None] = {}
     for name, by in res.items():
         for setting, runs in by.items():
-            tag = {"learning": "learn", "no drift (q = 0)": "q0"}.get(setting, "frozen")
+            tag = {"learning": "learn", "no drift (q = 0)": "q0",
+                   "Bayesian synapse off (plain rate)": "plain"}.get(setting, "frozen")
             for key in ("recovery_ms", "forgetting", "surprise_peak_z"):
                 v = np.array([r[key] for r in runs], float)
                 out[f"{name.replace(' ', '_')}_{tag}_{key}"] = (
