@@ -44,3 +44,18 @@ def test_listen_prints_lines_and_renders(tmp_path: Path) -> None:
 def test_listen_without_daemon_fails_clearly() -> None:
     res = CliRunner().invoke(main, ["listen", "tcp://127.0.0.1:1", "--timeout-s", "0.3"])
     assert res.exit_code != 0 and "no message" in res.output
+
+
+def test_render_shows_the_observed_counts_when_sent(tmp_path: Path) -> None:
+    """--render adds a panel for count_observed when a daemon sends it (older ones don't)."""
+    pytest.importorskip("matplotlib", reason="rendering needs the tools extra (matplotlib)")
+    import numpy as np
+
+    from augury.render import render_snapshot
+
+    pred = {"rate_hz": np.ones((6, 8, 2), np.float32), "rate_var": np.ones((6, 8, 2), np.float32)}
+    widths = []
+    for arrays in (pred, {**pred, "count_observed": np.zeros((6, 8, 2), np.float32)}):
+        png = render_snapshot(tmp_path / f"{len(arrays)}.png", {"prediction": arrays})
+        widths.append(int.from_bytes(png.read_bytes()[16:20], "big"))  # PNG IHDR width
+    assert widths[1] == round(widths[0] * 3 / 2)  # 2 panels -> 3 panels of 3.2 in each
