@@ -456,8 +456,9 @@ def silence_notice(endpoint: str, quiet_s: float, control: str | None, *,
     reply = control_status(control, timeout_ms=timeout_ms)
     if reply is None:
         return (text + f"no answer to `status` on {control} within {timeout_ms} ms: no "
-                "daemon seems to be running there (start one with `augury run`, or pass "
-                "--control if it uses another control endpoint)")
+                "daemon seems to be running there (start one with `augury run`; pass "
+                "--control if it uses another control endpoint; a control socket that "
+                "requires CURVE keys does not answer this check either)")
     if not reply.get("ok", False):
         return text + f"the control socket {control} answered: {reply.get('error')}"
     t_us = reply.get("t_us")
