@@ -242,12 +242,8 @@ def test_never_reading_subscriber_does_not_block_engine(shared_data: Path, isola
         # publisher's queue is bounded by its high-water mark (hence the drops above)
         assert daemon.pipeline.ring.high_water_events <= cfg.pipeline.queue_size * max(sizes)
     finally:
-        # the daemon first: a subscriber that disconnects while part of a multi-frame message
-        # to it is unsent, just before the context ends, can trip a libzmq assertion
-        # (session_base.cpp:233, counting mode only; libzmq #3442), a shutdown race noted
-        # for the hardening work
-        daemon.close()
         lazy.close()
+        daemon.close()
 
 
 def _free_udp_port() -> int:
