@@ -300,7 +300,7 @@ class ThreadedSource(EventSource):
             if lost.read or lost.dropped or lost.malformed:
                 c = Counters(chunk.counters.read, chunk.counters.dropped, chunk.counters.malformed)
                 c.add(lost)
-                chunk = Chunk(chunk.events, c, chunk.t_known_us, chunk.restart)
+                chunk = dataclasses.replace(chunk, counters=c)  # keeps flags and subclass
             yield chunk
 
     def close(self) -> None:

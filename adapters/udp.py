@@ -102,7 +102,7 @@ from augury.adapters.udp_wire import (
     parse_geometry,
     parse_host_port,
 )
-from augury.events import Counters, EventBatch, SensorGeometry, empty_events
+from augury.events import Counters, EventBatch, SensorGeometry
 
 log = logging.getLogger("augury.udp")
 
@@ -299,7 +299,7 @@ class UdpSource(ThreadedSource):
         """
         last_t: int | None = None
         floor: int | None = None
-        for chunk in self._ring_chunks():
+        for chunk in super().chunks():  # ring drops folded in, flags and type kept
             if chunk.restart:
                 last_t = floor = None
             ev, counters, known = chunk.events, chunk.counters, chunk.t_known_us
@@ -323,35 +323,6 @@ class UdpSource(ThreadedSource):
             else:
                 yield dataclasses.replace(chunk, events=ev, counters=counters,
                                           t_known_us=known)
-
-    def _ring_chunks(self) -> Iterator[Chunk]:
-        """``ThreadedSource.chunks`` keeping each chunk's type and flags (``restart``, a
-        flush) when the ring's drop counts are folded into it."""
-        idle_since = time.monotonic()
-        while True:
-            item = self.ring.get(timeout=self.poll_s)
-            lost = self.ring.take_dropped()
-            some_lost = bool(lost.read or lost.dropped or lost.malformed)
-            if item is None:
-                if some_lost:
-                    yield Chunk(empty_events(), lost, None)
-                if self.ring.closed and len(self.ring) == 0:
-                    if self._error is not None:
-                        err, self._error = self._error, None
-                        raise err
-                    return
-                if (self.idle_timeout_s is not None
-                        and time.monotonic() - idle_since >= self.idle_timeout_s):
-                    self.close()
-                    return
-                continue
-            idle_since = time.monotonic()
-            if some_lost:
-                c = Counters(item.counters.read, item.counters.dropped,
-                             item.counters.malformed)
-                c.add(lost)
-                item = dataclasses.replace(item, counters=c)
-            yield item
 
     @property
     def lost_packets(self) -> int:
