@@ -46,6 +46,7 @@ from augury.events import EventBatch
 from augury.model.network import Network
 from augury.model.scoring import poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
+from tools.bench.model import looped
 from tools.experiments.docs_block import write_block
 from tools.spec_args import add_spec_argument, spec_overrides
 
@@ -74,15 +75,6 @@ class Curve:
     free_energy: np.ndarray
     dw_per_epoch: np.ndarray
     w_distance: np.ndarray
-
-
-def looped(ev: np.ndarray, n_events: int) -> np.ndarray:
-    """Repeat a recording until n_events, each loop shifted by its span (µs)."""
-    span = int(ev["t"][-1]) + 1
-    loops = -(-n_events // ev.size)
-    out = np.concatenate([ev] * loops)
-    out["t"] += np.repeat(np.arange(loops, dtype=np.int64) * span, ev.size)
-    return out[:n_events]
 
 
 def load(name: str, n_events: int) -> tuple[np.ndarray, int, int, int | None]:

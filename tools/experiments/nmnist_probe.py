@@ -118,6 +118,12 @@ def atom_cosine(w: np.ndarray) -> float:
     return float((c.sum() - np.trace(c)) / (k * k - k)) if k > 1 else 0.0
 
 
+def atom_top_share(w: np.ndarray) -> float:
+    """Mean over atoms (columns of w, shape (D, K)) of the share of the atom's total weight
+    held by its strongest input: 1/D for a uniform atom, 1 for a one-input atom."""
+    return float(np.mean(w.max(axis=0) / np.maximum(w.sum(axis=0), 1e-300)))
+
+
 def count_features(digits: list[np.ndarray], pool: int) -> np.ndarray:
     """Event counts per (pooled) pixel and polarity, (n, (34/pool)² · 2)."""
     side = -(-34 // pool)
@@ -188,6 +194,7 @@ def run(*, quick: bool, seeds: list[int], n_train: int | None,
             row = rows.setdefault(f"{kind} beliefs, layer 1", [])[-1]
             row["nonzero_mean"] = sparsity
             row["atom_cos"] = atom_cosine(net.state.W1[0])
+            row["atom_top_share"] = atom_top_share(net.state.W1[0])
     out = {}
     for name, rs in rows.items():
         agg = {"cv_mean": float(np.mean([r["cv_mean"] for r in rs])),
@@ -195,7 +202,7 @@ def run(*, quick: bool, seeds: list[int], n_train: int | None,
                                       + np.var([r["cv_mean"] for r in rs])))}
         if all("test" in r for r in rs):
             agg["test"] = float(np.mean([r["test"] for r in rs]))
-        for key in ("nonzero_mean", "atom_cos"):
+        for key in ("nonzero_mean", "atom_cos", "atom_top_share"):
             if any(key in r for r in rs):
                 agg[key] = float(np.mean([r[key] for r in rs if key in r]))
         out[name] = agg

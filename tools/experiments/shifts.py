@@ -49,16 +49,18 @@ from augury.events import EventBatch
 from augury.model.network import Network
 from augury.model.scoring import poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
-from tools.experiments.convergence import RECORDINGS, WINDOW_US, looped
+from tools.bench.model import looped
+from tools.experiments.convergence import RECORDINGS, WINDOW_US
 from tools.experiments.docs_block import write_block
 from tools.spec_args import add_spec_argument, spec_overrides
 
 SIDE = 180
 """Crop (px) of every stream: square, so that a 90° rotation keeps the geometry."""
 PLAIN_RATE = 1.5e-4
-"""The plain learning rate of the Bayesian-synapse-off control: the median weight variance
-s² of W¹ that the Bayesian synapse reaches after the 6 s of A (measured 1.5·10⁻⁴, seed 0),
-so that both learn at the same typical rate and differ in the per-weight uncertainty."""
+"""The plain learning rate of the Bayesian-synapse-off control, chosen near the median weight
+variance s² of W¹ that the Bayesian synapse reaches after the 6 s of A (1.5·10⁻⁴ when
+measured once with seed 0, outside this script), so that both learn at about the same
+typical rate and differ in the per-weight uncertainty."""
 SETTINGS: dict[str, dict[str, object]] = {
     "learning": {}, "no drift (q = 0)": {"q": 0.0},
     "Bayesian synapse off (plain rate)": {"plain_rate": PLAIN_RATE},
