@@ -45,6 +45,7 @@ CONFIGS = {
     "small-pool": dict(pool=4, column=2, k1=5, tick_us=500, horizon_us=2_000),
     "homeostasis": dict(layers=2, homeo_rate=2.0, learn_us=2_000),
     "plain-rate": dict(layers=2, plain_rate=0.001),
+    "clocked-settle0": dict(layers=1, clocked_input=True, settle=0.0),  # the Lava backend's
     "hard-bounds-unit-atoms": dict(layers=2, k1=12, w_soft_bounds=False, w_norm=1.0),
     "hard-bounds-fixed-point": dict(layers=2, fixed_point=True, frac_bits=14, k1=4, k2=3,
                                     per_column_weights=True, w_soft_bounds=False, w_norm=0.5),
@@ -83,3 +84,23 @@ def test_parity_real_recording() -> None:
     assert nets[0].state.counters[0] == ev.size
     assert nets[0].state.counters[4] > 30  # ticks ran
     _assert_same(nets, outs)
+
+
+
+def test_clocked_input_equals_snapped_events() -> None:
+    """``clocked_input`` is the same as feeding every event at its tick's start time."""
+    t1 = 30_000
+    ev = bars(64, 48, t1, seed=5, noise_rate_hz=5.0)
+    snapped = ev.copy()
+    snapped["t"] = snapped["t"] // 1_000 * 1_000
+    assert not np.array_equal(ev["t"], snapped["t"])
+    spec = ModelSpec(width=64, height=48, layers=1, settle=0.0)
+    nets = []
+    for s, e in ((ModelSpec(**{**spec.to_dict(), "clocked_input": True}), ev), (spec, snapped)):
+        net = Network(s)
+        for b in windows(e, 0, t1, 5_000):
+            net.step(b)
+        nets.append(net)
+    for k in ("mu1", "z1", "xhat1", "eps1", "u1", "pi1", "W1"):
+        np.testing.assert_array_equal(getattr(nets[0].state, k), getattr(nets[1].state, k),
+                                      err_msg=k)

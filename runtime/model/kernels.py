@@ -121,6 +121,7 @@ class Params(NamedTuple):
     qs: float  # fixed-point scale (0: float)
     per_col: bool
     settle: float
+    clocked: bool  # events take their tick's start time (``ModelSpec.clocked_input``)
     curv_mix: float
     sr: bool  # stochastic rounding of learned weights (fixed point only)
     seed: int
@@ -155,7 +156,7 @@ def make_params(spec: ModelSpec) -> Params:
         pi_max=spec.pi_max, w_max=spec.w_max, a_q=spec.a_q, z_off=spec.z_off,
         beta=spec.baseline_beta, qs=spec.q_scale, per_col=spec.per_column_weights,
         relax_steps=spec.relax_steps, learn_us=spec.learn_us, settle=spec.settle,
-        curv_mix=spec.curv_mix, homeo_rate=spec.homeo_rate, homeo_eta=spec.homeo_eta,
+        clocked=spec.clocked_input, curv_mix=spec.curv_mix, homeo_rate=spec.homeo_rate, homeo_eta=spec.homeo_eta,
         sr=spec.stochastic_rounding and spec.fixed_point, seed=spec.seed,
         fc_hier=spec.forecast_hier, fc_lat=spec.forecast_lateral, ns=len(spec.mix_taus_us),
         mix_gamma=math.exp(-spec.horizon_us / spec.mix_memory_us), mix_share=spec.mix_share,
@@ -1317,6 +1318,8 @@ def run_batch(st: State, sc: Scratch, p: Params, t: np.ndarray, x: np.ndarray, y
     _thresholds(st, sc, p)
     for i in range(t.shape[0]):
         ti = t[i]
+        if p.clocked:  # the event counts as if it came at its tick's start
+            ti = (ti // p.tick_us) * p.tick_us
         _advance(st, sc, p, ti, learn)
         _event(st, sc, p, ti, x[i], y[i], pol[i], learn)
     st.counters[C_EVENTS] += t.shape[0]

@@ -713,6 +713,8 @@ def run_batch(st: State, sc: Scratch, p: Params, t: np.ndarray, x: np.ndarray, y
     """Same contract as ``kernels.run_batch``."""
     for i in range(t.shape[0]):
         ti = int(t[i])
+        if p.clocked:  # the event counts as if it came at its tick's start
+            ti = (ti // p.tick_us) * p.tick_us
         advance(st, sc, p, ti, learning)
         event(st, sc, p, ti, int(x[i]), int(y[i]), int(pol[i]), learning)
     st.counters[C_EVENTS] += t.shape[0]

@@ -43,6 +43,7 @@ class ModelSpec:
     learn_us: int = 5_000  # learning epoch: weights and precisions update at multiples of it
     relax_steps: int = 2  # belief relaxation iterations per tick (the belief units' clock)
     settle: float = 0.1  # a column whose beliefs moved less than this in a step rests
+    clocked_input: bool = False  # each event takes its tick's start time (floor(t/tick)·tick)
     curv_mix: float = 0.25  # γ: share of the other beliefs' overlap in each step's curvature
     homeo_rate: float = 0.0  # target error spikes per column per tick (0: no homeostasis)
     homeo_eta: float = 0.2  # homeostatic gain rate per learning epoch
@@ -127,7 +128,7 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.pi_min={self.pi_min} exceeds pi_max={self.pi_max}")
         if self.w_init > self.w_max:
             raise ValueError(f"ModelSpec.w_init={self.w_init} exceeds w_max={self.w_max}")
-        for name in ("fixed_point", "per_column_weights", "stochastic_rounding", "w_soft_bounds",
+        for name in ("fixed_point", "per_column_weights", "clocked_input", "stochastic_rounding", "w_soft_bounds",
                      "forecast_hier", "forecast_lateral", "mix_shared"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelSpec.{name} must be a bool, got "

@@ -1,0 +1,1 @@
+"""Lava Process and ProcessModel classes of Augury (this package holds nothing else)."""
