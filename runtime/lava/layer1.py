@@ -1,0 +1,139 @@
+"""Layer 1 of a numba-trained network run as Lava floating_pt processes (inference only).
+
+    events ──counts per tick──▶ ErrorUnits ──Δε̂──▶ Dense Wᵀ ──▶ BeliefUnits
+                                   ▲  └──────── column reset ──────▲   │
+                                   └──────── Dense W ◀────Δμ̂───────────┘
+
+One tick of ``tick_us`` is ``2 · relax_steps`` Lava steps (each Dense hop delays by one step).
+The network runs through ``GuardedRunner`` in chunks of at most ``chunk_ticks`` ticks; the
+input counts of a chunk are written into the error units between chunks (the first chunk's
+as their initial value, since Lava 0.10 cannot set a Var before the first run).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from augury.lava import LavaError, require_lava
+from augury.lava.convert import Layer1Params, layer1_params, tick_counts, to_state
+from augury.model.spec import ModelSpec
+from augury.model.state import State
+
+
+class LavaLayer1:
+    """Serve layer 1 of ``state`` (a numba State ending on a tick) with Lava processes.
+
+    Args:
+        spec: the network's spec (``layers = 1``, ``clocked_input``, ``settle = 0``).
+        state: the numba State to start from (copied; learned arrays are frozen here).
+        chunk_ticks: ticks per guarded Lava run (a run is ``chunk_ticks · 2R`` steps).
+        poll_s: how often (s) the runner checks Lava's children during a chunk.
+    """
+
+    def __init__(self, spec: ModelSpec, state: State, *, chunk_ticks: int = 50,
+                 poll_s: float = 0.05) -> None:
+        require_lava()
+        if isinstance(chunk_ticks, bool) or not isinstance(chunk_ticks, int) or chunk_ticks < 1:
+            raise ValueError(f"chunk_ticks must be a positive int, got {chunk_ticks!r}")
+        self.spec = spec
+        self.params: Layer1Params = layer1_params(spec, state)
+        self.chunk_ticks = chunk_ticks
+        self.poll_s = poll_s
+        self.ticks_run = 0
+        self._template = State(*[a.copy() for a in state])
+        self._procs: dict[str, Any] = {}
+        self._runner: Any = None
+
+    # -- time -------------------------------------------------------------------------------
+    @property
+    def t_next_us(self) -> int:
+        """Stream time of the next tick the Lava network will run (µs)."""
+        return self.params.t_first_us + self.ticks_run * self.spec.tick_us
+
+    @property
+    def runner(self) -> Any:
+        """The GuardedRunner (None before the first chunk)."""
+        return self._runner
+
+    # -- running ----------------------------------------------------------------------------
+    def advance(self, events: np.ndarray, n_ticks: int) -> None:
+        """Run the next ``n_ticks`` ticks on ``events`` (EVENT_DTYPE, all inside
+        [t_next_us − tick_us, t_next_us + (n_ticks − 1)·tick_us))."""
+        counts = tick_counts(self.spec, events, self.t_next_us, n_ticks)
+        for i in range(0, n_ticks, self.chunk_ticks):
+            self.run_counts(counts[:, i:i + self.chunk_ticks])
+
+    def run_counts(self, counts: np.ndarray) -> None:
+        """Run one chunk of ``counts.shape[1]`` ≤ chunk_ticks ticks; counts: (n1·D1, ticks)."""
+        n_in = self.params.z.shape[0]
+        k = counts.shape[1] if counts.ndim == 2 else -1
+        if counts.shape[0] != n_in or not 1 <= k <= self.chunk_ticks:
+            raise ValueError(f"counts must have shape ({n_in}, 1..{self.chunk_ticks}), got "
+                             f"{counts.shape}")
+        buf = np.zeros((n_in, self.chunk_ticks))  # tick n reads column n % chunk_ticks
+        cols = (self.ticks_run + np.arange(k)) % self.chunk_ticks
+        buf[:, cols] = counts
+        if self._runner is None:
+            self._build(buf)
+        else:
+            self._runner.set(self._procs["err"].counts, buf)
+        self._runner.run(k * self.params.steps_per_tick)
+        self.ticks_run += k
+
+    def _build(self, counts: np.ndarray) -> None:
+        from lava.magma.core.run_configs import Loihi2SimCfg
+        from lava.proc.dense.process import Dense
+
+        from augury.lava.procs.process import BeliefUnits, ErrorUnits
+        from augury.lava.runner import GuardedRunner
+
+        p, s = self.params, self.spec
+        err = ErrorUnits(z=p.z, xhat=p.xhat, eps=p.eps, pi=p.pi, thr=p.thr, counts=counts,
+                         active=p.active, pending=np.zeros_like(p.active), decay=p.decay,
+                         t_first_us=p.t_first_us, tick_us=s.tick_us, learn_us=s.learn_us,
+                         horizon_us=s.horizon_us, z_off=s.z_off,
+                         steps_per_tick=p.steps_per_tick)
+        bel = BeliefUnits(u=p.u, mu=p.mu, mus=p.mus, h=p.h, h_wake=p.h_wake,
+                          n_cols=s.n1, kappa=s.kappa, pi_prior=s.pi_prior,
+                          sparsity=s.sparsity, theta_mu=s.theta_mu,
+                          steps_per_tick=p.steps_per_tick)
+        w_up = Dense(weights=p.w_up, num_message_bits=24, name="w_up")
+        w_down = Dense(weights=p.w_down, num_message_bits=24, name="w_down")
+        err.s_out.connect(w_up.s_in)
+        w_up.a_out.connect(bel.a_in)
+        bel.s_out.connect(w_down.s_in)
+        w_down.a_out.connect(err.a_in)
+        err.reset_out.connect(bel.reset_in)
+        self._procs = {"err": err, "bel": bel, "w_up": w_up, "w_down": w_down}
+        self._runner = GuardedRunner(err, Loihi2SimCfg(select_tag="floating_pt"),
+                                     poll_s=self.poll_s)
+
+    # -- reading ----------------------------------------------------------------------------
+    def state(self) -> State:
+        """The numba State at the end of the last tick run (learned arrays from the State
+        this was built from)."""
+        if self._runner is None:
+            return State(*[a.copy() for a in self._template])
+        g = self._runner.get
+        e, b = self._procs["err"], self._procs["bel"]
+        xhat = g(e.xhat) + g(self._procs["w_down"].a_buff)  # the last relaxation's spikes
+        return to_state(self.spec, self._template, z=g(e.z), xhat=xhat, eps=g(e.eps),
+                        active=g(e.active), pending=g(e.pending), u=g(b.u), mu=g(b.mu),
+                        mus=g(b.mus), h=g(b.h), h_wake=g(b.h_wake),
+                        t_now_us=self.t_next_us - self.spec.tick_us)
+
+    def close(self) -> None:
+        """Stop Lava and clean up (idempotent)."""
+        if self._runner is not None:
+            self._runner.close()
+
+    def __enter__(self) -> LavaLayer1:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["LavaError", "LavaLayer1"]
