@@ -110,6 +110,27 @@ class LavaLayer1:
         self._runner = GuardedRunner(err, Loihi2SimCfg(select_tag="floating_pt"),
                                      poll_s=self.poll_s)
 
+    def load(self, state: State) -> None:
+        """Overwrite the running network's inference variables with those of a numba State
+        that ends at the tick just run (``t_next_us − tick_us``), same spec and learned
+        arrays (a restart from numba's state without rebuilding the network)."""
+        if self._runner is None:
+            raise LavaError("LavaLayer1.load: run a chunk first (Lava 0.10 cannot set Vars "
+                            "before the first run); build a new LavaLayer1 instead")
+        p = layer1_params(self.spec, state)
+        if p.t_first_us != self.t_next_us:
+            raise LavaError(f"LavaLayer1.load: the State ends at {p.t_first_us - self.spec.tick_us}"
+                            f" µs, the Lava network at {self.t_next_us - self.spec.tick_us} µs")
+        s = self._runner.set
+        e, b = self._procs["err"], self._procs["bel"]
+        for var, v in ((e.z, p.z), (e.xhat, p.xhat), (e.eps, p.eps), (e.active, p.active),
+                       (e.pending, np.zeros_like(p.active)), (b.u, p.u), (b.mu, p.mu),
+                       (b.mus, p.mus), (b.h, p.h),
+                       (self._procs["w_down"].a_buff, np.zeros_like(p.z)),
+                       (self._procs["w_up"].a_buff, np.zeros_like(p.u))):
+            s(var, v)
+        self._template = State(*[a.copy() for a in state])
+
     # -- reading ----------------------------------------------------------------------------
     def state(self) -> State:
         """The numba State at the end of the last tick run (learned arrays from the State

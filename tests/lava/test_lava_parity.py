@@ -1,0 +1,94 @@
+"""Lava floating_pt layer 1 against the numba engine (``clocked_input``, ``settle = 0``) on a
+crop of a real recording, weights and precisions learned by numba, learning frozen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lava", reason="lava-nc is not installed (Python 3.10 venv only: "
+                    "make lava-test)")
+
+from conftest import run_numba  # noqa: E402
+
+from augury.lava.layer1 import LavaLayer1  # noqa: E402
+from augury.model.network import Network  # noqa: E402
+from augury.model.state import C_UP, State  # noqa: E402
+
+FIELDS = ("mu1", "mus1", "u1", "z1", "xhat1", "eps1")
+
+
+def _copy(st: State) -> State:
+    return State(*[a.copy() for a in st])
+
+
+def _diff(a: State, b: State) -> dict[str, float]:
+    return {k: float(np.abs(getattr(a, k) - getattr(b, k)).max()) for k in FIELDS}
+
+
+def _trained_copy(trained: Network) -> Network:
+    net = Network(trained.spec)
+    net.load_state_dict(trained.state_dict())
+    return net
+
+
+def test_one_tick_restarts(trained: Network, rotdisk_crop: np.ndarray) -> None:
+    """From numba's state at each of 100 ticks, one Lava tick agrees with numba's within
+    1e-12 (every variable of the error and belief units)."""
+    net = _trained_copy(trained)
+    t0 = net.t_us
+    n = 100
+    states = [_copy(net.state)]
+    for i in range(n):
+        run_numba(net, rotdisk_crop, t0 + i * 1_000, t0 + (i + 1) * 1_000)
+        states.append(_copy(net.state))
+    assert states[-1].counters[C_UP] > states[0].counters[C_UP]  # error spikes happened
+    worst = dict.fromkeys(FIELDS, 0.0)
+    with LavaLayer1(net.spec, states[0], chunk_ticks=1) as lav:
+        for i in range(n):
+            if i:
+                lav.load(states[i])
+            ev = rotdisk_crop[(rotdisk_crop["t"] >= t0 + i * 1_000)
+                              & (rotdisk_crop["t"] < t0 + (i + 1) * 1_000)]
+            lav.advance(ev, 1)
+            got = lav.state()
+            np.testing.assert_array_equal(got.active, states[i + 1].active)
+            for k, v in _diff(got, states[i + 1]).items():
+                worst[k] = max(worst[k], v)
+    print("one-tick restarts, max |Δ| over", n, "ticks:", worst)
+    assert max(worst.values()) <= 1e-12, worst
+    assert np.abs(states[-1].mu1).max() > 0.1  # beliefs are not trivially zero
+
+
+@pytest.mark.parametrize("gap", [False, True], ids=["plain", "silence-and-wake"])
+def test_trajectory(trained: Network, rotdisk_crop: np.ndarray, gap: bool) -> None:
+    """250 ticks (≥ 50 asked) of Lava and numba from the same state agree within 1e-9.
+
+    ``silence-and-wake``: column 0's events are cut for 160 ms, so it goes silent (reset at
+    a learning epoch) and wakes up when its events come back.
+    """
+    net = _trained_copy(trained)
+    t0 = net.t_us
+    n = 250
+    ev = rotdisk_crop[(rotdisk_crop["t"] >= t0) & (rotdisk_crop["t"] < t0 + n * 1_000)]
+    if gap:
+        col0 = (ev["x"] < 16) & (ev["y"] < 16)  # pool 4, column 4: column 0 is 16×16 px
+        cut = col0 & (ev["t"] >= t0 + 10_000) & (ev["t"] < t0 + 170_000)
+        ev = ev[~cut]
+    active0 = []
+    st0 = _copy(net.state)
+    step = 10
+    with LavaLayer1(net.spec, st0, chunk_ticks=step * 2) as lav:
+        worst = 0.0
+        for i in range(0, n, step):
+            a, b = t0 + i * 1_000, t0 + (i + step) * 1_000
+            run_numba(net, ev, a, b)
+            lav.advance(ev[(ev["t"] >= a) & (ev["t"] < b)], step)
+            got = lav.state()
+            np.testing.assert_array_equal(got.active, net.state.active)
+            active0.append(int(net.state.active[0]))
+            worst = max(worst, *_diff(got, net.state).values())
+    print(f"trajectory ({'gap' if gap else 'plain'}), {n} ticks: max |Δ| = {worst:.3g}")
+    assert worst <= 1e-9
+    if gap:
+        assert 0 in active0 and active0[-1] == 1, active0  # silenced, then woke
