@@ -76,6 +76,7 @@ class GuardedRunner:
         self._runtime: Any = None
         self._before = {p.pid for p in mp.active_children()}
         self._pids: list[int] = []
+        self._names: dict[int, str] = {}  # actor PID → "ProcessModel (process name)"
         self._shm: list[str] = []
         self._closed = False
         self._failed: str | None = None
@@ -131,6 +132,16 @@ class GuardedRunner:
         smm = getattr(self._infra(), "smm", None)
         handles = getattr(smm, "_shared_memory_handles", []) or []
         self._shm = [h.name.lstrip("/") for h in handles]
+        self._names = {}
+        try:  # Lava builds one actor per Python process builder, in this order, then services
+            from lava.magma.compiler.builders.py_builder import PyProcessBuilder
+
+            items = [(proc, b) for proc, b in self._runtime._executable.proc_builders.items()
+                     if isinstance(b, PyProcessBuilder)]
+            for actor, (proc, b) in zip(self._actors(), items):
+                self._names[actor.pid] = f"{b.proc_model.__name__} ({proc.name})"
+        except (AttributeError, ImportError):  # naming is best effort: the traceback stays
+            pass
 
     def _infra(self) -> Any:
         return getattr(self._runtime, "_messaging_infrastructure", None)
@@ -157,15 +168,14 @@ class GuardedRunner:
             mp_wait(watch, timeout=self.poll_s)
         rt.wait()
 
-    @staticmethod
-    def _failures(actors: list[Any]) -> str:
+    def _failures(self, actors: list[Any]) -> str:
         """Tracebacks of children that raised or died, '' if none did."""
         out = []
         for a in actors:
             exc = a.exception if not a._is_done else a._exception
-            builder = a._kwargs.get("builder") if hasattr(a, "_kwargs") else None
-            model = getattr(getattr(builder, "proc_model", None), "__name__", None)
-            what = f"Lava process model {model}" if model else f"Lava child {a.pid}"
+            model = self._names.get(a.pid)
+            what = (f"Lava process model {model}" if model
+                    else f"Lava child {a.pid} (a runtime service)")
             if exc:
                 err, tb = exc
                 out.append(f"{what} raised {type(err).__name__}: {err}\n{tb}")
@@ -233,7 +243,8 @@ class GuardedRunner:
         deadline = time.monotonic() + 5.0
         for p in mp.active_children():  # reaps the exited ones; join the recorded ones
             if p.pid in self._pids:
-                p.join(timeout=max(0.0, deadline - time.monotonic()))
+                # Lava's SystemProcess.join() takes no timeout: call the base class's
+                mp.Process.join(p, timeout=max(0.0, deadline - time.monotonic()))
         for name in self._shm:
             try:
                 os.unlink(os.path.join("/dev/shm", name))

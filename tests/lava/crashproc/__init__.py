@@ -1,0 +1,1 @@
+"""A Lava Process whose model raises (guarded-runner tests); this package holds nothing else."""
