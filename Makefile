@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# lava-nc 0.10.0 needs Python < 3.11: `make lava-test` builds its own venv with this interpreter
+LAVA_PYTHON ?= $(shell p=$$(pyenv prefix 3.10.13 2>/dev/null) && echo $$p/bin/python \
+                 || command -v python3.10)
+LAVA_VENV   ?= .venv-lava
 
 .PHONY: demo test lint bench clean lava-test
 
@@ -29,8 +33,21 @@ test: $(VENV)/.test
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
 
+$(LAVA_VENV)/.lava: pyproject.toml
+	@"$(LAVA_PYTHON)" -c 'import sys; sys.exit(not (3, 8) <= sys.version_info[:2] < (3, 11))' \
+		2>/dev/null || { echo "lava-test: '$(LAVA_PYTHON)' is not a Python 3.8-3.10" \
+		"(lava-nc 0.10.0 needs one; set LAVA_PYTHON=/path/to/python3.10)"; exit 2; }
+	$(LAVA_PYTHON) -m venv $(LAVA_VENV)
+	$(LAVA_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LAVA_VENV)/bin/python -m pip install --quiet -e '.[lava,test]'
+	touch $@
+
+# the Lava backend's tests (tests/lava, skipped by `make test` on 3.11) in the 3.10 venv
+lava-test: $(LAVA_VENV)/.lava
+	$(LAVA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/lava tests/test_lava_optional.py $(PYTEST_ARGS)
+
 bench: $(VENV)/.test
 	$(BIN)/python -m tools.bench.decode --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(LAVA_VENV) build *.egg-info .pytest_cache .hypothesis

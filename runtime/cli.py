@@ -310,12 +310,20 @@ def _overrides(**opts: object) -> dict[str, object]:
               "(s; default: forever, as a daemon should; same as the URI option "
               "wait_sender_s).")
 @click.option("--print-config", is_flag=True, help="Print the effective config and exit.")
+@click.option("--backend", type=click.Choice(["numba", "lava"]), default="numba",
+              show_default=True, help="Engine; lava needs the 'lava' extra (Python 3.10).")
 def run(uri: str | None, config_path: Path | None, publish: str | None, control: str | None,
         pace: str | None, speed: float | None, batch_us: int | None, rate_ms: float | None,
         state_dir: str | None, sets: tuple[str, ...], max_batches: int | None,
-        wait_subscriber_s: float, wait_sender_s: float | None, print_config: bool) -> None:
+        wait_subscriber_s: float, wait_sender_s: float | None, print_config: bool,
+        backend: str) -> None:
     """Run the daemon on URI (default: the synthetic scene), publishing over ZeroMQ."""
     import logging
+
+    if backend == "lava":
+        from augury.lava import serve_unavailable
+
+        raise click.ClickException(serve_unavailable())
 
     from augury.config import ConfigError, config_to_toml, load_config, parse_override
     from augury.daemon import build_daemon, stop_on_signals

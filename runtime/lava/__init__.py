@@ -33,7 +33,7 @@ def require_lava() -> None:
     """
     if "lava.magma.runtime.message_infrastructure.multiprocessing" in sys.modules:
         return
-    if importlib.util.find_spec("lava") is None:
+    if importlib.util.find_spec("lava.magma") is None:
         raise LavaUnavailable(f"lava-nc is not installed for {sys.executable} (Python "
                               f"{sys.version_info.major}.{sys.version_info.minor}); "
                               f"{INSTALL_HINT}")
@@ -43,3 +43,17 @@ def require_lava() -> None:
                         "0.10 sets 'fork' itself when imported and fails otherwise: import "
                         "augury.lava's runner before anything calls set_start_method")
     import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
+
+
+def serve_unavailable() -> str:
+    """Why ``augury run --backend lava`` cannot run here (without importing Lava).
+
+    Today there is always a reason: without lava-nc, the extra to install; with it, the
+    ``augury lava-serve`` sidecar that the daemon needs is not written yet (docs/lava.md).
+    """
+    if importlib.util.find_spec("lava.magma") is None:
+        return (f"--backend lava: lava-nc is not installed for {sys.executable}; "
+                f"{INSTALL_HINT}")
+    return ("--backend lava: not implemented yet. Layer 1 runs in Lava from Python "
+            "(augury.lava.layer1.LavaLayer1), but the `augury lava-serve` sidecar that "
+            "`augury run --backend lava` starts is not written yet (see docs/lava.md)")

@@ -138,9 +138,9 @@ class GuardedRunner:
 
             items = [(proc, b) for proc, b in self._runtime._executable.proc_builders.items()
                      if isinstance(b, PyProcessBuilder)]
-            for actor, (proc, b) in zip(self._actors(), items):
+            for actor, (proc, b) in zip(self._actors()[:len(items)], items, strict=True):
                 self._names[actor.pid] = f"{b.proc_model.__name__} ({proc.name})"
-        except (AttributeError, ImportError):  # naming is best effort: the traceback stays
+        except (AttributeError, ImportError, ValueError):  # naming is best effort: the traceback stays
             pass
 
     def _infra(self) -> Any:

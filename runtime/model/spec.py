@@ -128,8 +128,8 @@ class ModelSpec:
             raise ValueError(f"ModelSpec.pi_min={self.pi_min} exceeds pi_max={self.pi_max}")
         if self.w_init > self.w_max:
             raise ValueError(f"ModelSpec.w_init={self.w_init} exceeds w_max={self.w_max}")
-        for name in ("fixed_point", "per_column_weights", "clocked_input", "stochastic_rounding", "w_soft_bounds",
-                     "forecast_hier", "forecast_lateral", "mix_shared"):
+        for name in ("fixed_point", "per_column_weights", "stochastic_rounding", "w_soft_bounds",
+                     "clocked_input", "forecast_hier", "forecast_lateral", "mix_shared"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelSpec.{name} must be a bool, got "
                                  f"{getattr(self, name)!r}")

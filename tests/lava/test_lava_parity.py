@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("lava", reason="lava-nc is not installed (Python 3.10 venv only: "
+pytest.importorskip("lava.magma", reason="lava-nc is not installed (Python 3.10 venv only: "
                     "make lava-test)")
 
-from conftest import run_numba  # noqa: E402
+from lava_helpers import run_numba  # noqa: E402
 
 from augury.lava.layer1 import LavaLayer1  # noqa: E402
 from augury.model.network import Network  # noqa: E402

@@ -1,0 +1,46 @@
+"""Lava stays optional: importing augury never imports it, and asking for it without it
+fails with a message naming the extra (runs in the main test run, with or without Lava)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from augury.cli import main
+
+HAS_LAVA = importlib.util.find_spec("lava.magma") is not None
+
+
+def test_importing_augury_does_not_import_lava() -> None:
+    code = ("import sys, augury, augury.cli, augury.lava, augury.lava.convert\n"
+            "print(sorted(m for m in sys.modules if m == 'lava' or m.startswith('lava.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_run_backend_lava_names_the_extra_or_the_missing_sidecar() -> None:
+    r = CliRunner().invoke(main, ["run", "--backend", "lava", "--max-batches", "1"])
+    assert r.exit_code != 0
+    if HAS_LAVA:
+        assert "not implemented yet" in r.output and "lava-serve" in r.output
+    else:
+        assert "pip install 'augury[lava]'" in r.output and "Python 3.10" in r.output
+
+
+def test_require_lava_without_lava_names_the_extra() -> None:
+    """Lava hidden from the import system (a fresh interpreter, whether or not it is installed):
+    LavaUnavailable, an ImportError, names the extra."""
+    code = ("import importlib.util as u\n"
+            "u.find_spec = lambda name, *a: None\n"
+            "from augury.lava import LavaUnavailable, require_lava\n"
+            "try:\n    require_lava()\n"
+            "except LavaUnavailable as e:\n    print(isinstance(e, ImportError), e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("True ") and "pip install 'augury[lava]'" in r.stdout
