@@ -92,3 +92,26 @@ def test_trajectory(trained: Network, rotdisk_crop: np.ndarray, gap: bool) -> No
     assert worst <= 1e-9
     if gap:
         assert 0 in active0 and active0[-1] == 1, active0  # silenced, then woke
+
+
+def test_numba_lava_numba_round_trip(trained: Network, rotdisk_crop: np.ndarray) -> None:
+    """Learned in numba, served by Lava for 60 ticks, continued in numba for 60 more: layer 1
+    agrees within 1e-9 with numba running all 120 ticks (learning frozen throughout)."""
+    ref = _trained_copy(trained)
+    t0 = ref.t_us
+    run_numba(ref, rotdisk_crop, t0, t0 + 120_000)
+    ev = rotdisk_crop[(rotdisk_crop["t"] >= t0) & (rotdisk_crop["t"] < t0 + 60_000)]
+    with LavaLayer1(trained.spec, trained.state, chunk_ticks=30) as lav:
+        lav.advance(ev, 60)
+        back = lav.state()
+    net = Network(trained.spec)
+    net.load_state_dict({**dict(zip(back._fields, back, strict=True)), "__learning__":
+                         np.array([0])})
+    assert net.t_us == t0 + 60_000 and not net.learning
+    run_numba(net, rotdisk_crop, t0 + 60_000, t0 + 120_000)
+    worst = max(_diff(net.state, ref.state).values())
+    np.testing.assert_array_equal(net.state.active, ref.state.active)
+    for k in ("W1", "pi1", "h1"):
+        np.testing.assert_array_equal(getattr(net.state, k), getattr(ref.state, k), err_msg=k)
+    print(f"numba → Lava → numba, 120 ticks: max |Δ| = {worst:.3g}")
+    assert worst <= 1e-9
