@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from augury.lava import LavaError, require_lava
+from augury.events import EVENT_DTYPE
 from augury.lava.convert import Layer1Params, layer1_params, tick_counts, to_state
 from augury.model.spec import ModelSpec
 from augury.model.state import State
@@ -45,6 +46,7 @@ class LavaLayer1:
         self._template = State(*[a.copy() for a in state])
         self._procs: dict[str, Any] = {}
         self._runner: Any = None
+        self._held = np.zeros(0, EVENT_DTYPE)  # events of ticks not run yet (``feed``)
 
     # -- time -------------------------------------------------------------------------------
     @property
@@ -64,6 +66,33 @@ class LavaLayer1:
         counts = tick_counts(self.spec, events, self.t_next_us, n_ticks)
         for i in range(0, n_ticks, self.chunk_ticks):
             self.run_counts(counts[:, i:i + self.chunk_ticks])
+
+    def feed(self, events: np.ndarray, t_end_us: int) -> int:
+        """Stream contract of ``Network.advance``: take a batch (EVENT_DTYPE, sorted, not
+        before the events already fed) and run every tick T ≤ ``t_end_us``; returns the
+        number of ticks run.
+
+        Events at or after the last tick run wait for the next call: numba has already
+        added them to its traces at ``t_end_us`` (at that tick's time, ``clocked_input``),
+        Lava adds them at the next tick's phase 0. Both agree again once that tick has
+        run; a read-out between the two lags by those events (less than one tick).
+        """
+        if events.size:
+            if self._held.size and events["t"][0] < self._held["t"][-1]:
+                raise ValueError("LavaLayer1.feed: events go back in time")
+            if events["t"][0] < self.t_next_us - self.spec.tick_us:
+                raise ValueError(f"LavaLayer1.feed: an event at {int(events['t'][0])} µs is "
+                                 f"before the next tick's interval "
+                                 f"[{self.t_next_us - self.spec.tick_us}, …) µs")
+            self._held = np.concatenate([self._held, events])
+        if t_end_us < self.t_next_us:
+            return 0
+        n = (t_end_us - self.t_next_us) // self.spec.tick_us + 1
+        t_last = self.t_next_us + (n - 1) * self.spec.tick_us
+        take = self._held["t"] < t_last
+        self.advance(self._held[take], n)
+        self._held = self._held[~take]
+        return int(n)
 
     def run_counts(self, counts: np.ndarray) -> None:
         """Run one chunk of ``counts.shape[1]`` ≤ chunk_ticks ticks; counts: (n1·D1, ticks)."""

@@ -115,3 +115,22 @@ def test_numba_lava_numba_round_trip(trained: Network, rotdisk_crop: np.ndarray)
         np.testing.assert_array_equal(getattr(net.state, k), getattr(ref.state, k), err_msg=k)
     print(f"numba → Lava → numba, 120 ticks: max |Δ| = {worst:.3g}")
     assert worst <= 1e-9
+
+
+def test_feed_follows_numba_batches(trained: Network, rotdisk_crop: np.ndarray) -> None:
+    """``feed`` takes the daemon's batches (any span, here 3.7 ms) like ``Network.advance``;
+    wherever a batch ends on a tick both engines hold the same layer 1 (within 1e-9)."""
+    net = _trained_copy(trained)
+    t0 = net.t_us
+    span, n_batches = 3_700, 27  # 99.9 ms; batch ends on a tick at multiples of 37 ms
+    with LavaLayer1(trained.spec, trained.state, chunk_ticks=16) as lav:
+        checked = 0
+        for i in range(n_batches):
+            a, b = t0 + i * span, t0 + (i + 1) * span
+            run_numba(net, rotdisk_crop, a, b)
+            ran = lav.feed(rotdisk_crop[(rotdisk_crop["t"] >= a) & (rotdisk_crop["t"] < b)], b)
+            assert lav.t_next_us == (b // 1_000 + 1) * 1_000 and ran >= 3
+            if b % 1_000 == 0:
+                assert max(_diff(lav.state(), net.state).values()) <= 1e-9
+                checked += 1
+        assert checked == 2
