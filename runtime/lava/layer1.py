@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from augury.lava import LavaError, require_lava
 from augury.events import EVENT_DTYPE
+from augury.lava import LavaError, require_lava
 from augury.lava.convert import Layer1Params, layer1_params, tick_counts, to_state
 from augury.model.spec import ModelSpec
 from augury.model.state import State

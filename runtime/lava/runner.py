@@ -140,7 +140,7 @@ class GuardedRunner:
                      if isinstance(b, PyProcessBuilder)]
             for actor, (proc, b) in zip(self._actors()[:len(items)], items, strict=True):
                 self._names[actor.pid] = f"{b.proc_model.__name__} ({proc.name})"
-        except (AttributeError, ImportError, ValueError):  # naming is best effort: the traceback stays
+        except (AttributeError, ImportError, ValueError):  # best effort: the traceback stays
             pass
 
     def _infra(self) -> Any:
