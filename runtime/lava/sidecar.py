@@ -8,12 +8,12 @@ It prints one JSON line ``{"endpoint": ...}`` (the bound address) on stdout, the
 requests until ``close`` or until its parent process goes away. Every request and reply is
 multipart ``[header JSON, payload frames…]`` (schema ``lava-sidecar/0``):
 
-| request header | payload | reply header | reply payload |
-|---|---|---|---|
-| ``{"cmd": "load", "chunk_ticks": n}`` | a checkpoint (.npz bytes, ``save_npz``) | ``{"ok", "t_next_us"}`` | — |
-| ``{"cmd": "feed", "seq", "t_end_us"}`` | events (EVENT_DTYPE bytes) | ``{"ok", "seq", "ticks", "t_next_us", "shape"}`` | μ (float64 bytes, (n1, K1)) |
-| ``{"cmd": "state"}`` | — | ``{"ok"}`` | the State as a checkpoint (.npz bytes) |
-| ``{"cmd": "close"}`` | — | ``{"ok"}`` | — |
+* ``{"cmd": "load", "chunk_ticks": n}`` + a checkpoint (.npz bytes, ``save_npz``)
+  → ``{"ok", "t_next_us"}``;
+* ``{"cmd": "feed", "seq", "t_end_us"}`` + events (EVENT_DTYPE bytes)
+  → ``{"ok", "seq", "ticks", "t_next_us", "shape"}`` + μ (float64 bytes, (n1, K1));
+* ``{"cmd": "state"}`` → ``{"ok"}`` + the State as a checkpoint (.npz bytes);
+* ``{"cmd": "close"}`` → ``{"ok"}``, then the sidecar exits.
 
 A failed request is answered ``{"ok": false, "error": message}`` (a Lava model's traceback
 included); the sidecar keeps serving, except after a Lava failure, which closes the network
