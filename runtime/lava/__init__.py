@@ -49,11 +49,12 @@ def serve_unavailable() -> str:
     """Why ``augury run --backend lava`` cannot run here (without importing Lava).
 
     Today there is always a reason: without lava-nc, the extra to install; with it, the
-    ``augury lava-serve`` sidecar that the daemon needs is not written yet (docs/lava.md).
+    daemon side of the sidecar is not written yet (docs/lava.md).
     """
     if importlib.util.find_spec("lava.magma") is None:
         return (f"--backend lava: lava-nc is not installed for {sys.executable}; "
                 f"{INSTALL_HINT}")
     return ("--backend lava: not implemented yet. Layer 1 runs in Lava from Python "
-            "(augury.lava.layer1.LavaLayer1), but the `augury lava-serve` sidecar that "
-            "`augury run --backend lava` starts is not written yet (see docs/lava.md)")
+            "(augury.lava.layer1.LavaLayer1) and behind a first-cut sidecar (python -m "
+            "augury.lava.sidecar), but the daemon does not start it and `augury lava-serve` "
+            "does not exist yet (see docs/lava.md)")
