@@ -507,5 +507,24 @@ def demo(duration_s: float, scene: str, speed: float) -> None:
                            "events_processed": daemon.pipeline.metrics.events_processed}))
 
 
+
+@main.command(name="lava-serve")
+@click.option("--bind", default="tcp://127.0.0.1:0", show_default=True,
+              help="ZeroMQ REP endpoint to bind (loopback; port 0: a free port).")
+def lava_serve(bind: str) -> None:
+    """Serve layer 1 in Lava over ZeroMQ (first cut; Python 3.10 with the 'lava' extra).
+
+    Prints {"endpoint": ...} once bound; protocol in augury/lava/sidecar.py, docs/lava.md.
+    """
+    from augury.lava import LavaError, require_lava
+
+    try:
+        require_lava()
+    except LavaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    from augury.lava.sidecar import serve
+
+    sys.exit(serve(bind))
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -44,3 +44,15 @@ def test_require_lava_without_lava_names_the_extra() -> None:
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("True ") and "pip install 'augury[lava]'" in r.stdout
+
+
+def test_lava_serve_without_lava_names_the_extra() -> None:
+    """``augury lava-serve`` with Lava hidden from the import system (fresh interpreter)."""
+    code = ("import importlib.util as u\n"
+            "u.find_spec = lambda name, *a: None\n"
+            "from augury.cli import main\n"
+            "main(['lava-serve'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "pip install 'augury[lava]'" in r.stderr

@@ -55,6 +55,5 @@ def serve_unavailable() -> str:
         return (f"--backend lava: lava-nc is not installed for {sys.executable}; "
                 f"{INSTALL_HINT}")
     return ("--backend lava: not implemented yet. Layer 1 runs in Lava from Python "
-            "(augury.lava.layer1.LavaLayer1) and behind a first-cut sidecar (python -m "
-            "augury.lava.sidecar), but the daemon does not start it and `augury lava-serve` "
-            "does not exist yet (see docs/lava.md)")
+            "(augury.lava.layer1.LavaLayer1) and behind the first-cut sidecar `augury "
+            "lava-serve`, but the daemon does not start it yet (see docs/lava.md)")

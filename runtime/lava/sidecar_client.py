@@ -28,10 +28,10 @@ class SidecarError(RuntimeError):
 
 def start_sidecar(python: str = sys.executable, *, timeout_s: float = 60.0,
                   env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """Start ``python -m augury.lava.sidecar`` on a free loopback port; returns the process
+    """Start ``python -m augury.cli lava-serve`` on a free loopback port; returns the process
     and its endpoint. ``python`` must be an interpreter with lava-nc (Python 3.10)."""
-    proc = subprocess.Popen([python, "-m", "augury.lava.sidecar"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([python, "-m", "augury.cli", "lava-serve"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     try:
