@@ -146,6 +146,10 @@ class LavaLayer1:
         if self._runner is None:
             raise LavaError("LavaLayer1.load: run a chunk first (Lava 0.10 cannot set Vars "
                             "before the first run); build a new LavaLayer1 instead")
+        for name in ("W1", "pi1", "gain1"):  # the Dense weights and thresholds stay as built
+            if not np.array_equal(getattr(state, name), getattr(self._template, name)):
+                raise LavaError(f"LavaLayer1.load: the State's {name} differs from the one the "
+                                "network was built with; build a new LavaLayer1")
         p = layer1_params(self.spec, state)
         if p.t_first_us != self.t_next_us:
             raise LavaError(f"LavaLayer1.load: the State ends at {p.t_first_us - self.spec.tick_us}"

@@ -11,6 +11,7 @@ pytest.importorskip("lava.magma", reason="lava-nc is not installed (Python 3.10 
 
 from lava_helpers import run_numba  # noqa: E402
 
+from augury.events import EVENT_DTYPE  # noqa: E402
 from augury.lava.layer1 import LavaLayer1  # noqa: E402
 from augury.model.network import Network  # noqa: E402
 from augury.model.state import C_UP, State  # noqa: E402
@@ -160,3 +161,15 @@ def test_long_run_reconstruction_quality(trained: Network, rotdisk_crop: np.ndar
           f"mean μ {sums[0, 2]:.6g} / {sums[1, 2]:.6g}; max state drift {drift:.3g}")
     assert abs(rec[0] - rec[1]) <= 1e-4 * rec[1]
     assert abs(sums[0, 2] - sums[1, 2]) <= 1e-4 * abs(sums[1, 2])
+
+
+def test_load_refuses_other_learned_arrays(trained: Network) -> None:
+    """``load`` swaps the inference state only: a State with other weights is refused."""
+    from augury.lava import LavaError
+
+    with LavaLayer1(trained.spec, trained.state, chunk_ticks=1) as lav:
+        lav.advance(np.zeros(0, EVENT_DTYPE), 1)
+        other = _copy(trained.state)
+        other.W1[...] *= 1.01
+        with pytest.raises(LavaError, match="W1 differs"):
+            lav.load(other)
