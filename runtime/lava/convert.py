@@ -1,8 +1,8 @@
 """ModelSpec + State ⇄ the parameters and variables of the Lava layer-1 processes (NumPy only).
 
 Flat layout: channel d of layer-1 column j is error unit j·D1 + d; belief k of column j is
-belief unit j·K1 + k. The Dense connections are block diagonal: ``w_down`` (n1·D1, n1·K1)
-carries x̂ += W Δμ̂, ``w_up`` (n1·K1, n1·D1) carries u += Wᵀ Δε̂.
+belief unit j·K1 + k. The connections are block diagonal (``block_diag``): W, (n1·D1, n1·K1),
+carries x̂ += W Δμ̂ and Wᵀ, (n1·K1, n1·D1), carries u += Wᵀ Δε̂.
 
 The Lava side runs inference only (learning frozen): W, π, the thresholds θ_e g √π and the
 curvatures h are taken from a State the numba engine produced (and its own kernels compute
@@ -42,8 +42,7 @@ class Layer1Params(NamedTuple):
     mus: np.ndarray  # (m,) sent beliefs μ̂
     h: np.ndarray  # (m,) curvatures of the active columns
     h_wake: np.ndarray  # (m,) curvatures a column gets when it wakes
-    w_down: np.ndarray  # (n, m) block-diagonal W
-    w_up: np.ndarray  # (m, n) block-diagonal Wᵀ
+    w_blocks: np.ndarray  # (n1, D1, K1) each column's W (a view of the shared W by default)
     decay: float  # exp(−tick_us/τ), the numba table's value
     t_first_us: int  # stream time of the first tick the Lava network runs, µs
     steps_per_tick: int  # 2 · relax_steps Lava steps per tick
@@ -94,20 +93,26 @@ def layer1_params(spec: ModelSpec, st: State) -> Layer1Params:
     h = np.where(act[:, None], st.h1, wake.h1)
     n1 = spec.n1
     w = st.W1 if spec.per_column_weights else np.broadcast_to(st.W1, (n1,) + st.W1.shape[1:])
-    w_down = block_diag(w)
     decay = float(sc.decay[tick]) if tick < sc.decay.shape[0] else math.exp(-tick / spec.tau_us)
     return Layer1Params(
         z=st.z1.ravel().copy(), xhat=st.xhat1.ravel().copy(), eps=st.eps1.ravel().copy(),
         pi=st.pi1.ravel().copy(), thr=thr.ravel(), active=act.astype(np.float64),
         u=st.u1.ravel().copy(), mu=st.mu1.ravel().copy(), mus=st.mus1.ravel().copy(),
-        h=h.ravel().copy(), h_wake=wake.h1.ravel().copy(), w_down=w_down,
-        w_up=np.ascontiguousarray(w_down.T), decay=decay, t_first_us=t_now + tick,
-        steps_per_tick=2 * spec.relax_steps)
+        h=h.ravel().copy(), h_wake=wake.h1.ravel().copy(), w_blocks=w.copy(), decay=decay,
+        t_first_us=t_now + tick, steps_per_tick=2 * spec.relax_steps)
 
 
-def block_diag(w: np.ndarray) -> np.ndarray:
-    """(n, D, K) blocks → the (n·D, n·K) block-diagonal matrix."""
+def block_diag(w: np.ndarray, *, sparse: bool = False) -> object:
+    """(n, D, K) blocks → the (n·D, n·K) block-diagonal matrix: a dense ndarray, or a SciPy
+    CSR matrix (``sparse``; SciPy comes with Lava) holding only the n·D·K block entries."""
     n, d, k = w.shape
+    if sparse:
+        from scipy.sparse import csr_matrix
+
+        rows = np.repeat(np.arange(n * d), k)
+        cols = (np.arange(n)[:, None, None] * k + np.arange(k)[None, None, :]
+                + np.zeros((1, d, 1), np.int64)).ravel()
+        return csr_matrix((w.ravel(), (rows, cols)), shape=(n * d, n * k))
     out = np.zeros((n * d, n * k))
     for j in range(n):
         out[j * d:(j + 1) * d, j * k:(j + 1) * k] = w[j]

@@ -18,7 +18,13 @@ import numpy as np
 
 from augury.events import EVENT_DTYPE
 from augury.lava import LavaError, require_lava
-from augury.lava.convert import Layer1Params, layer1_params, tick_counts, to_state
+from augury.lava.convert import (
+    Layer1Params,
+    block_diag,
+    layer1_params,
+    tick_counts,
+    to_state,
+)
 from augury.model.spec import ModelSpec
 from augury.model.state import State
 
@@ -31,11 +37,20 @@ class LavaLayer1:
         state: the numba State to start from (copied; learned arrays are frozen here).
         chunk_ticks: ticks per guarded Lava run (a run is ``chunk_ticks · 2R`` steps).
         poll_s: how often (s) the runner checks Lava's children during a chunk.
+        connections: "dense" (Lava's Dense, block-diagonal matrices of (n1·D1)·(n1·K1)
+            entries), "sparse" (Lava's Sparse, only the n1·D1·K1 block entries) or "auto"
+            (sparse above ``DENSE_MAX_COLUMNS`` columns).
     """
 
+    DENSE_MAX_COLUMNS = 16
+
     def __init__(self, spec: ModelSpec, state: State, *, chunk_ticks: int = 50,
-                 poll_s: float = 0.05) -> None:
+                 poll_s: float = 0.05, connections: str = "auto") -> None:
         require_lava()
+        if connections not in ("auto", "dense", "sparse"):
+            raise ValueError(f"connections must be auto, dense or sparse, got {connections!r}")
+        self.sparse = (connections == "sparse" or
+                       (connections == "auto" and spec.n1 > self.DENSE_MAX_COLUMNS))
         if isinstance(chunk_ticks, bool) or not isinstance(chunk_ticks, int) or chunk_ticks < 1:
             raise ValueError(f"chunk_ticks must be a positive int, got {chunk_ticks!r}")
         self.spec = spec
@@ -114,6 +129,7 @@ class LavaLayer1:
     def _build(self, counts: np.ndarray) -> None:
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.dense.process import Dense
+        from lava.proc.sparse.process import Sparse
 
         from augury.lava.procs.process import BeliefUnits, ErrorUnits
         from augury.lava.runner import GuardedRunner
@@ -128,8 +144,11 @@ class LavaLayer1:
                           n_cols=s.n1, kappa=s.kappa, pi_prior=s.pi_prior,
                           sparsity=s.sparsity, theta_mu=s.theta_mu,
                           steps_per_tick=p.steps_per_tick)
-        w_up = Dense(weights=p.w_up, num_message_bits=24, name="w_up")
-        w_down = Dense(weights=p.w_down, num_message_bits=24, name="w_down")
+        conn = Sparse if self.sparse else Dense
+        w_down_m = block_diag(p.w_blocks, sparse=self.sparse)
+        w_up_m = w_down_m.T.tocsr() if self.sparse else np.ascontiguousarray(w_down_m.T)
+        w_up = conn(weights=w_up_m, num_message_bits=24, name="w_up")
+        w_down = conn(weights=w_down_m, num_message_bits=24, name="w_down")
         err.s_out.connect(w_up.s_in)
         w_up.a_out.connect(bel.a_in)
         bel.s_out.connect(w_down.s_in)

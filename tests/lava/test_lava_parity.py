@@ -61,8 +61,11 @@ def test_one_tick_restarts(trained: Network, rotdisk_crop: np.ndarray) -> None:
     assert np.abs(states[-1].mu1).max() > 0.1  # beliefs are not trivially zero
 
 
-@pytest.mark.parametrize("gap", [False, True], ids=["plain", "silence-and-wake"])
-def test_trajectory(trained: Network, rotdisk_crop: np.ndarray, gap: bool) -> None:
+@pytest.mark.parametrize(("gap", "connections"), [(False, "dense"), (True, "dense"),
+                                                  (True, "sparse")],
+                         ids=["plain", "silence-and-wake", "silence-and-wake-sparse"])
+def test_trajectory(trained: Network, rotdisk_crop: np.ndarray, gap: bool,
+                    connections: str) -> None:
     """250 ticks (≥ 50 asked) of Lava and numba from the same state agree within 1e-9.
 
     ``silence-and-wake``: column 0's events are cut for 160 ms, so it goes silent (reset at
@@ -79,7 +82,8 @@ def test_trajectory(trained: Network, rotdisk_crop: np.ndarray, gap: bool) -> No
     active0 = []
     st0 = _copy(net.state)
     step = 10
-    with LavaLayer1(net.spec, st0, chunk_ticks=step * 2) as lav:
+    with LavaLayer1(net.spec, st0, chunk_ticks=step * 2, connections=connections) as lav:
+        assert lav.sparse == (connections == "sparse")
         worst = 0.0
         for i in range(0, n, step):
             a, b = t0 + i * 1_000, t0 + (i + step) * 1_000
@@ -89,7 +93,8 @@ def test_trajectory(trained: Network, rotdisk_crop: np.ndarray, gap: bool) -> No
             np.testing.assert_array_equal(got.active, net.state.active)
             active0.append(int(net.state.active[0]))
             worst = max(worst, *_diff(got, net.state).values())
-    print(f"trajectory ({'gap' if gap else 'plain'}), {n} ticks: max |Δ| = {worst:.3g}")
+    print(f"trajectory ({'gap' if gap else 'plain'}, {connections}), {n} ticks: "
+          f"max |Δ| = {worst:.3g}")
     assert worst <= 1e-9
     if gap:
         assert 0 in active0 and active0[-1] == 1, active0  # silenced, then woke
