@@ -5,9 +5,11 @@
                                    └──────── Dense W ◀────Δμ̂───────────┘
 
 One tick of ``tick_us`` is ``2 · relax_steps`` Lava steps (each Dense hop delays by one step).
-The network runs through ``GuardedRunner`` in chunks of at most ``chunk_ticks`` ticks; the
-input counts of a chunk are written into the error units between chunks (the first chunk's
-as their initial value, since Lava 0.10 cannot set a Var before the first run).
+The network runs through ``GuardedRunner`` in chunks of at most ``chunk_ticks`` ticks. The
+input counts go through a Lava ``Injector`` (blocking receive: one message per Lava step,
+the tick's counts at phase 0 and zeros otherwise), sent right after a chunk starts into a
+buffer sized for the whole chunk, so the host never blocks. (A ``Var.set`` per chunk was
+the first design: Lava 0.10 transfers a Var element by element, ≈ 15 µs each.)
 """
 
 from __future__ import annotations
@@ -116,26 +118,33 @@ class LavaLayer1:
         if counts.shape[0] != n_in or not 1 <= k <= self.chunk_ticks:
             raise ValueError(f"counts must have shape ({n_in}, 1..{self.chunk_ticks}), got "
                              f"{counts.shape}")
-        buf = np.zeros((n_in, self.chunk_ticks))  # tick n reads column n % chunk_ticks
-        cols = (self.ticks_run + np.arange(k)) % self.chunk_ticks
-        buf[:, cols] = counts
         if self._runner is None:
-            self._build(buf)
-        else:
-            self._runner.set(self._procs["err"].counts, buf)
-        self._runner.run(k * self.params.steps_per_tick)
+            self._build()
+        inj = self._procs["inj"]
+        zeros = np.zeros(n_in)
+        spt = self.params.steps_per_tick
+
+        def feed() -> None:
+            for i in range(k):
+                inj.send(np.ascontiguousarray(counts[:, i], np.float64))
+                for _ in range(spt - 1):
+                    inj.send(zeros)
+
+        self._runner.run(k * spt, feed=feed)
         self.ticks_run += k
 
-    def _build(self, counts: np.ndarray) -> None:
+    def _build(self) -> None:
         from lava.magma.core.run_configs import Loihi2SimCfg
         from lava.proc.dense.process import Dense
+        from lava.proc.io.injector import Injector, PyLoihiInjectorModel
+        from lava.proc.io.utils import ChannelConfig, ReceiveEmpty, ReceiveNotEmpty, SendFull
         from lava.proc.sparse.process import Sparse
 
         from augury.lava.procs.process import BeliefUnits, ErrorUnits
         from augury.lava.runner import GuardedRunner
 
         p, s = self.params, self.spec
-        err = ErrorUnits(z=p.z, xhat=p.xhat, eps=p.eps, pi=p.pi, thr=p.thr, counts=counts,
+        err = ErrorUnits(z=p.z, xhat=p.xhat, eps=p.eps, pi=p.pi, thr=p.thr,
                          active=p.active, pending=np.zeros_like(p.active), decay=p.decay,
                          t_first_us=p.t_first_us, tick_us=s.tick_us, learn_us=s.learn_us,
                          horizon_us=s.horizon_us, z_off=s.z_off,
@@ -154,9 +163,15 @@ class LavaLayer1:
         bel.s_out.connect(w_down.s_in)
         w_down.a_out.connect(err.a_in)
         err.reset_out.connect(bel.reset_in)
-        self._procs = {"err": err, "bel": bel, "w_up": w_up, "w_down": w_down}
-        self._runner = GuardedRunner(err, Loihi2SimCfg(select_tag="floating_pt"),
-                                     poll_s=self.poll_s)
+        inj = Injector(shape=(p.z.shape[0],), buffer_size=self.chunk_ticks * p.steps_per_tick,
+                       channel_config=ChannelConfig(send_full=SendFull.BLOCKING,
+                                                    receive_empty=ReceiveEmpty.BLOCKING,
+                                                    receive_not_empty=ReceiveNotEmpty.FIFO))
+        inj.out_port.connect(err.cnt_in)
+        self._procs = {"err": err, "bel": bel, "w_up": w_up, "w_down": w_down, "inj": inj}
+        cfg = Loihi2SimCfg(select_tag="floating_pt",  # the Injector is untagged
+                           exception_proc_model_map={Injector: PyLoihiInjectorModel})
+        self._runner = GuardedRunner(err, cfg, poll_s=self.poll_s)
 
     def load(self, state: State) -> None:
         """Overwrite the running network's inference variables with those of a numba State

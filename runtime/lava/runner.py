@@ -30,6 +30,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing.connection import wait as mp_wait
 from typing import Any
 
@@ -103,12 +104,14 @@ class GuardedRunner:
         return list(self._shm)
 
     # -- running -----------------------------------------------------------------------------
-    def run(self, n_steps: int) -> None:
+    def run(self, n_steps: int, feed: Callable[[], None] | None = None) -> None:
         """Run ``n_steps`` Lava steps and return when they are done.
 
-        Raises LavaProcessError naming the failing ProcessModel (with its traceback) if a
-        model raises or a child dies; the runner is then closed (children killed by PID,
-        shared memory unlinked).
+        ``feed`` is called once the (non-blocking) run has started, before waiting: it
+        sends the chunk's input to Injectors and must not block (size the Injectors'
+        buffers for a whole chunk). Raises LavaProcessError naming the failing ProcessModel
+        (with its traceback) if a model raises or a child dies; the runner is then closed
+        (children killed by PID, shared memory unlinked).
         """
         from lava.magma.core.run_conditions import RunSteps
 
@@ -124,6 +127,8 @@ class GuardedRunner:
             self._record_children()
         else:
             self.process.run(condition=cond)
+        if feed is not None:
+            feed()
         self._wait()
         self.steps_run += n_steps
 

@@ -26,6 +26,7 @@ class PyErrorUnitsFloat(PyLoihiProcessModel):
     """Error units in float64: phase 0 takes input, decays, sweeps; even phases re-sweep."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
+    cnt_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     reset_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     z: np.ndarray = LavaPyType(np.ndarray, float)
@@ -33,7 +34,6 @@ class PyErrorUnitsFloat(PyLoihiProcessModel):
     eps: np.ndarray = LavaPyType(np.ndarray, float)
     pi: np.ndarray = LavaPyType(np.ndarray, float)
     thr: np.ndarray = LavaPyType(np.ndarray, float)
-    counts: np.ndarray = LavaPyType(np.ndarray, float)
     active: np.ndarray = LavaPyType(np.ndarray, float)
     pending: np.ndarray = LavaPyType(np.ndarray, float)
     decay: np.ndarray = LavaPyType(np.ndarray, float)
@@ -43,6 +43,7 @@ class PyErrorUnitsFloat(PyLoihiProcessModel):
 
     def run_spk(self) -> None:
         a = self.a_in.recv()
+        counts = self.cnt_in.recv()
         spt = int(self.steps_per_tick[0])
         step = self.time_step - 1
         phase = step % spt
@@ -52,7 +53,7 @@ class PyErrorUnitsFloat(PyLoihiProcessModel):
             self.xhat[:] = self.xhat + a  # the belief units' spikes of the last phase
             if phase == 0:
                 rst = self._silence()
-                self._inject(step // spt, out)
+                self._inject(counts, out)
                 self.z[:] = self.z * self.decay[0]
             self._sweep(out)
             if phase == 0:
@@ -75,10 +76,9 @@ class PyErrorUnitsFloat(PyLoihiProcessModel):
             self.pending[:] = 0.0
         return rst
 
-    def _inject(self, tick: int, out: np.ndarray) -> None:
-        """The tick's events, one at a time per channel: z += 1, then only that channel is
-        checked (numba's ``_event`` with the event at its tick's start)."""
-        c = self.counts[:, tick % self.counts.shape[1]]
+    def _inject(self, c: np.ndarray, out: np.ndarray) -> None:
+        """The tick's events c (per channel), one at a time per channel: z += 1, then only
+        that channel is checked (numba's ``_event`` with the event at its tick's start)."""
         if not c.any():
             return
         self.active[self._blocks(c).max(axis=1) > 0] = 1.0

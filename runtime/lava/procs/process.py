@@ -23,24 +23,26 @@ class ErrorUnits(AbstractProcess):
 
     Per channel: trace z (events), prediction x̂ (events), sent error ε̂ = π(z − x̂) (events⁻¹),
     precision π (events⁻²), threshold θ_e g √π. Ports: ``a_in`` (x̂ increments W Δμ̂, shape
-    (n,)), ``s_out`` (graded error spikes Δε̂, shape (n,)), ``reset_out`` (1.0 for a column
-    silenced at the end of the previous tick, shape (n_cols,)).
+    (n,)), ``cnt_in`` (input events per channel, read at phase 0 of each tick, shape (n,);
+    every step delivers one message, the other phases' are ignored), ``s_out`` (graded
+    error spikes Δε̂, shape (n,)), ``reset_out`` (1.0 for a column silenced at the end of
+    the previous tick, shape (n_cols,)).
 
-    Args (all arrays float64 of shape (n,) unless said): z, xhat, eps, pi, thr; ``counts``
-    (n, chunk_ticks) input events per channel and tick of the current chunk; ``active``,
+    Args (all arrays float64 of shape (n,) unless said): z, xhat, eps, pi, thr; ``active``,
     ``pending`` (n_cols,) column flags; ``decay`` = exp(−tick_us/τ); ``t_first_us`` the time
     of the first tick run; ``tick_us``, ``learn_us``, ``horizon_us`` (µs); ``z_off``
     (events); ``steps_per_tick``.
     """
 
     def __init__(self, *, z: np.ndarray, xhat: np.ndarray, eps: np.ndarray, pi: np.ndarray,
-                 thr: np.ndarray, counts: np.ndarray, active: np.ndarray, pending: np.ndarray,
+                 thr: np.ndarray, active: np.ndarray, pending: np.ndarray,
                  decay: float, t_first_us: int, tick_us: int, learn_us: int, horizon_us: int,
                  z_off: float, steps_per_tick: int, name: str = "ErrorUnits") -> None:
         super().__init__(name=name)
         n = z.shape[0]
         cols = active.shape[0]
         self.a_in = InPort(shape=(n,))
+        self.cnt_in = InPort(shape=(n,))
         self.s_out = OutPort(shape=(n,))
         self.reset_out = OutPort(shape=(cols,))
         self.z = Var(shape=(n,), init=z)
@@ -48,7 +50,6 @@ class ErrorUnits(AbstractProcess):
         self.eps = Var(shape=(n,), init=eps)
         self.pi = Var(shape=(n,), init=pi)
         self.thr = Var(shape=(n,), init=thr)
-        self.counts = Var(shape=counts.shape, init=counts)
         self.active = Var(shape=(cols,), init=active)
         self.pending = Var(shape=(cols,), init=pending)
         self.decay = Var(shape=(1,), init=np.array([decay]))
