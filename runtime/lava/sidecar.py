@@ -66,7 +66,7 @@ def _handle(layer: Any, header: dict[str, Any], frames: list[bytes]) -> tuple[An
             raise ValueError("feed needs one payload frame of EVENT_DTYPE records")
         ev = np.frombuffer(frames[0], EVENT_DTYPE)
         ticks = layer.feed(ev, int(header["t_end_us"]))
-        mu = np.ascontiguousarray(layer.state().mu1)
+        mu = np.ascontiguousarray(layer.beliefs())
         return layer, [{"ok": True, "seq": header.get("seq"), "ticks": ticks,
                         "t_next_us": layer.t_next_us, "shape": list(mu.shape)}, mu]
     if cmd == "state":

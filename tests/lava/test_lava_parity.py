@@ -136,6 +136,7 @@ def test_feed_follows_numba_batches(trained: Network, rotdisk_crop: np.ndarray) 
             run_numba(net, rotdisk_crop, a, b)
             ran = lav.feed(rotdisk_crop[(rotdisk_crop["t"] >= a) & (rotdisk_crop["t"] < b)], b)
             assert lav.t_next_us == (b // 1_000 + 1) * 1_000 and ran >= 3
+            assert np.abs(lav.beliefs() - lav.state().mu1).max() == 0.0
             if b % 1_000 == 0:
                 assert max(_diff(lav.state(), net.state).values()) <= 1e-9
                 checked += 1
