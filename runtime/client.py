@@ -1,4 +1,4 @@
-"""Subscriber helper for robot software: receive schema-v1 messages as NumPy arrays.
+"""Subscriber helper for robot software: receive schema-v2 messages as NumPy arrays.
 
 Example::
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class Subscriber:
-    """ZeroMQ SUB socket that decodes schema-v1 messages and tracks per-topic gaps.
+    """ZeroMQ SUB socket that decodes schema-v2 messages and tracks per-topic gaps.
 
     ``topics``: exact topic names to receive (None: every topic). ``timeout_ms``: default
     wait of ``recv`` and of iteration. ``hwm``: receive queue length in messages; when it is
@@ -65,8 +65,10 @@ class Subscriber:
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
-        for t in [""] if self._topics is None else sorted(self._topics):
-            self._socket.setsockopt(zmq.SUBSCRIBE, t.encode())
+        # a frame starts with topic + NUL: subscribing to that prefix matches one topic exactly
+        for t in [b""] if self._topics is None else sorted(t.encode() + b"\x00"
+                                                          for t in self._topics):
+            self._socket.setsockopt(zmq.SUBSCRIBE, t)
         self._socket.connect(endpoint)
         self._last_seq: dict[str, int] = {}
         self.received = 0

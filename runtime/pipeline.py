@@ -144,7 +144,7 @@ class Metrics:
 def readout_messages(
     r: Readout, prediction_meta: Mapping[str, Any] | None = None
 ) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
-    """The schema-v1 messages (topic, arrays, meta) for one read-out; see docs/protocol.md.
+    """The schema-v2 messages (topic, arrays, meta) for one read-out; see docs/protocol.md.
 
     prediction_meta: e.g. horizon_ms, pool and tau_us of the model, sent with "prediction".
     """
