@@ -337,8 +337,9 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if a.write_docs:
             long_figure(r, DOC / "figures" / "stability_long.png")
+            n = f"{a.long:.0e}".replace("e+0", "e")
             write_block("stability_long", "Stability of online learning", text,
-                        f"python -m tools.experiments.stability --long {a.long:g}",
+                        f"python -m tools.experiments.stability --long {n}",
                         "figures/stability_long.png")
         print(json.dumps(head))
         return

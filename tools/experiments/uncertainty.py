@@ -329,10 +329,10 @@ def figure(cal: dict[str, dict[str, dict[str, object]]], path: Path) -> None:
     for k, (s, res) in enumerate(cal.items()):
         ax = axes[0, k]
         for v in ("published", "Poisson"):
-            ax.step(np.arange(10) / 10, res[v]["hist"], where="post", label=v)
+            ax.stairs(res[v]["hist"], np.linspace(0.0, 1.0, 11), label=v)
         ax.axhline(0.1, color="k", lw=0.5)
         ax.set_title(f"{s}: PIT histogram", fontsize=9)
-        ax.set_xlabel("PIT bin")
+        ax.set_xlabel("randomised PIT value")
         ax.set_ylabel("share")
         ax = axes[1, k]
         for v in VARIANTS:
