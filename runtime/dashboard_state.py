@@ -20,8 +20,9 @@ Time series (one point per ``prediction`` or ``stats`` message):
   persistence (last window's counts), scored on the window that then arrives, with the same
   floor as ``augury.model.scoring`` (only when consecutive windows tile: publish period = Δ);
 * surprise z of the whole sensor (an alarm above ``alarm_z``);
-* events/s received and processed, and drops per s, over the interval between two ``stats``
-  messages (wall clock); latency p50 / p99 (ms); synaptic operations per processed event.
+* events/s received and processed, and drops per s, over intervals of at least 0.25 s between
+  ``stats`` messages (the daemon's wall clock); latency p50 / p99 (ms); synaptic operations
+  per processed event.
 """
 
 from __future__ import annotations
@@ -145,8 +146,14 @@ class ForecastScorer:
 
 @dataclass
 class StatsRates:
-    """Instantaneous rates from two consecutive ``stats`` messages (wall-clock interval)."""
+    """Recent rates from ``stats`` messages at least ``min_interval_s`` apart (wall clock of
+    the daemon: the header's ``wall_time_ns``, so that delivery jitter does not matter).
 
+    ``update`` returns None for messages closer than that to the last rated one: a daemon
+    publishing every 10 ms would otherwise give rates over 10 ms, mostly batching noise.
+    """
+
+    min_interval_s: float = 0.25
     prev: dict[str, float] | None = None
 
     @staticmethod
@@ -160,10 +167,15 @@ class StatsRates:
                 "synops": float(meta.get("synops_per_s") or 0.0)
                 * float(meta.get("uptime_s") or 0.0)}
 
-    def update(self, meta: dict[str, Any], wall_s: float) -> dict[str, float | None]:
-        """Rates since the previous ``stats`` (None on the first one or after a restart)."""
+    def update(self, meta: dict[str, Any], wall_s: float) -> dict[str, float | None] | None:
+        """Rates since the last rated ``stats`` (values None on the first one or after a
+        restart); None when less than ``min_interval_s`` has passed since it."""
         cur = self.totals(meta, wall_s)
-        prev, self.prev = self.prev, cur
+        prev = self.prev
+        if prev is not None and cur["proc"] >= prev["proc"] \
+                and 0 <= cur["wall_s"] - prev["wall_s"] < self.min_interval_s:
+            return None
+        self.prev = cur
         out: dict[str, float | None] = {
             "in_hz": None, "proc_hz": None, "drops_hz": None, "synops_per_event": None,
             "latency_p50_ms": meta.get("latency_p50_ms"),
@@ -252,7 +264,7 @@ class DashboardState:
             elif msg.topic == "surprise":
                 self._ingest_surprise(msg)
             elif msg.topic == "stats":
-                self._ingest_stats(msg, now)
+                self._ingest_stats(msg)
             self.version += 1
 
     def _ingest_prediction(self, msg: Any) -> None:
@@ -292,13 +304,14 @@ class DashboardState:
             self._point("surprise", msg.stream_time_us, z=float(z),
                         alarm=bool(z > self.alarm_z), total=msg.meta.get("total"))
 
-    def _ingest_stats(self, msg: Any, now: float) -> None:
+    def _ingest_stats(self, msg: Any) -> None:
         meta = msg.meta
-        rates = self._rates.update(meta, now)
+        rates = self._rates.update(meta, msg.wall_time_ns / 1e9)
         self._stats = {k: meta.get(k) for k in
                        ("source", "format", "learning", "events_in", "events_processed",
                         "publish_every_us", "uptime_s", "rollbacks", "stream_restarts")}
-        self._point("stats", msg.stream_time_us, **rates)
+        if rates is not None:
+            self._point("stats", msg.stream_time_us, **rates)
 
     def set_control(self, reachable: bool, status: dict[str, Any] | None) -> None:
         """Record the result of the latest control ``status`` poll."""

@@ -40,9 +40,9 @@ RECORDING = "inivation/davis240c_rotdisk.aedat"
 
 # -- state aggregation (no sockets) ------------------------------------------------------------
 def _msg(topic: str, seq: int, t_us: int, arrays: dict[str, np.ndarray],
-         meta: dict[str, Any]) -> Any:
+         meta: dict[str, Any], wall_s: float = 0.0) -> Any:
     frames = encode_message(topic, arrays, meta, seq=seq, stream_time_us=t_us,
-                            sensor_time_us=None, wall_time_ns=0)
+                            sensor_time_us=None, wall_time_ns=round(wall_s * 1e9))
     return decode_message(frames)
 
 
@@ -106,11 +106,14 @@ def test_state_tracks_gaps_restarts_stall_and_instantaneous_rates() -> None:
     stats = {"events_in": 1000, "events_processed": 900, "synops_per_s": 100.0, "uptime_s": 1.0,
              "source_dropped": 0, "queue_dropped_events": 0, "publish_dropped": {},
              "latency_p50_ms": 1.5, "latency_p99_ms": 4.0}
-    st.ingest(_msg("stats", 0, 20_000, {}, stats))
-    now[0] += 0.5
-    st.ingest(_msg("stats", 1, 30_000, {}, {**stats, "events_in": 2000, "events_processed": 1900,
+    st.ingest(_msg("stats", 0, 20_000, {}, stats, wall_s=10.0))
+    # 0.1 s later (daemon clock): too soon to give a rate, no point
+    st.ingest(_msg("stats", 1, 25_000, {}, {**stats, "events_in": 1500}, wall_s=10.1))
+    assert len([q for q in st.payload()["points"] if q["kind"] == "stats"]) == 1
+    now[0] += 0.5  # arrival time does not matter, the daemon's clock does
+    st.ingest(_msg("stats", 2, 30_000, {}, {**stats, "events_in": 2000, "events_processed": 1900,
                                             "synops_per_s": 100.0, "uptime_s": 2.0,
-                                            "queue_dropped_events": 50}))
+                                            "queue_dropped_events": 50}, wall_s=10.5))
     rates = [q for q in st.payload()["points"] if q["kind"] == "stats"][-1]
     assert rates["in_hz"] == pytest.approx(2000.0) and rates["proc_hz"] == pytest.approx(2000.0)
     assert rates["drops_hz"] == pytest.approx(100.0)
