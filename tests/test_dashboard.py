@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,3 +302,48 @@ def test_page_shows_stalled_for_a_daemon_that_publishes_nothing(
     state = json.loads(urllib.request.urlopen(server.url + "api/state", timeout=5).read())
     assert state["link"]["state"] == "stalled" and state["link"]["received"] == 0
     page.close()
+
+
+# -- the server without a browser -------------------------------------------------------------
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_server_serves_the_page_and_refuses_what_it_does_not_offer() -> None:
+    opts = DashboardOptions(daemon=f"tcp://127.0.0.1:{_free_port()}", control=None, port=0)
+    with DashboardServer(opts) as server:
+        assert server.url is not None
+        for name in ("", "static/dashboard.js", "static/dashboard.css"):
+            with urllib.request.urlopen(server.url + name, timeout=5) as r:
+                assert r.status == 200 and len(r.read()) > 500
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(server.url + "static/secret.py", timeout=5)
+        assert err.value.code == 404
+        reply = _post(server.url + "api/control", {"cmd": "pause_learning"})
+        assert reply == {"ok": False, "error": "no control endpoint (--control none)"}
+        reply = _post(server.url + "api/control", {"cmd": "set", "args": {"learning": False}})
+        assert not reply["ok"] and "not offered" in reply["error"]
+        state = json.loads(urllib.request.urlopen(server.url + "api/state", timeout=5).read())
+        assert state["link"]["state"] == "waiting" and state["control"]["reachable"] is False
+
+
+def test_dashboard_command_prints_its_url_and_stops_on_sigterm() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "augury.cli", "dashboard", "--daemon",
+                             f"tcp://127.0.0.1:{_free_port()}", "--control", "none",
+                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # blocks until the server is up (or the process died)
+        assert line.startswith("dashboard: http://127.0.0.1:"), line
+        url = line.split()[1]
+        with urllib.request.urlopen(url, timeout=5) as r:
+            assert b"Augury" in r.read()
+        proc.terminate()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
