@@ -577,15 +577,21 @@ def prediction_fields(a: dict[str, np.ndarray], m: dict) -> str:
     return text
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--duration-s", type=click.FloatRange(0.5), default=10.0, show_default=True,
               help="How long to run (wall time).")
 @click.option("--scene", default="synthetic://bars?duration_us=none", show_default=True,
               help="Source URI (the endless synthetic scene by default).")
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="Real-time factor of the scene.")
-def demo(duration_s: float, scene: str, speed: float) -> None:
-    """Run the daemon in-process and print what a subscriber receives (beliefs arriving)."""
+@click.pass_context
+def demo(ctx: click.Context, duration_s: float, scene: str, speed: float) -> None:
+    """Run the daemon in-process and print what a subscriber receives (beliefs arriving).
+
+    `augury demo adaptation` runs the adaptation demo with the dashboard instead.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     import threading
     import time
 
@@ -633,6 +639,54 @@ def demo(duration_s: float, scene: str, speed: float) -> None:
         raise click.ClickException(f"engine failed: {errors[0]}")
     click.echo(json.dumps({"messages": received,
                            "events_processed": daemon.pipeline.metrics.events_processed}))
+
+
+@main.command(name="dashboard")
+@click.option("--daemon", "daemon_endpoint", default="tcp://127.0.0.1:5556", show_default=True,
+              help="The daemon's PUB endpoint.")
+@click.option("--control", "control_endpoint", default=None,
+              help="The daemon's control endpoint, or 'none' [the PUB port + 1].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve the page on (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port of the page (0: any free port).")
+@click.option("--stall-s", type=click.FloatRange(0, min_open=True), default=3.0,
+              show_default=True, help="Seconds without a message before the page says stalled.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+def dashboard_cmd(daemon_endpoint: str, control_endpoint: str | None, host: str, port: int,
+                  stall_s: float, open_browser: bool) -> None:
+    """Serve a live web page of a running daemon: maps, time series and control buttons."""
+    from augury.dashboard_cli import serve_until_interrupted
+
+    control = default_control_endpoint(daemon_endpoint) if control_endpoint is None else (
+        None if control_endpoint.lower() == "none" else control_endpoint)
+    serve_until_interrupted(daemon_endpoint, control, host=host, port=port, stall_s=stall_s,
+                            open_browser=open_browser)
+
+
+@demo.command(name="adaptation")
+@click.option("--quick", is_flag=True, help="Short phases: finishes in under a minute.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("augury-demo"), show_default=True,
+              help="Directory for the PNG strip, the Markdown summary and the JSON result.")
+@click.option("--no-browser", is_flag=True, help="Print the dashboard URL, do not open it.")
+@click.option("--no-dashboard", is_flag=True, help="Do not serve the dashboard at all.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port of the dashboard page (0: any free port).")
+@click.option("--phase-s", type=click.FloatRange(0.5), default=None,
+              help="Seconds of stream time per phase [10, or 3 with --quick].")
+def demo_adaptation(quick: bool, out_dir: Path, no_browser: bool, no_dashboard: bool,
+                    port: int, phase_s: float | None) -> None:
+    """A scene that changes on a schedule; watch surprise jump at each shift and fall again."""
+    from augury.demo_adaptation import DemoOptions, run_demo
+
+    opts = DemoOptions(quick=quick, out_dir=out_dir, open_browser=not no_browser,
+                       dashboard=not no_dashboard, port=port, phase_s=phase_s)
+    try:
+        result = run_demo(opts, echo=lambda text: click.echo(text, err=True))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(result))
 
 
 if __name__ == "__main__":  # pragma: no cover
