@@ -75,7 +75,7 @@ class ModelSpec:
     forecast_lateral: bool = True  # forecast units use their neighbours' traces (R learns)
     mix_taus_us: tuple[int, ...] = (200_000, 1_000_000, 10_000_000)  # averaging experts τ_i
     mix_memory_us: int = 2_000_000  # time constant of the experts' discounted log-evidence
-    mix_share: float = 0.5  # weight of the sensor-wide evidence in each channel's mixture
+    mix_share: float = 1.0  # weight of the sensor-wide evidence in each channel's mixture
     mix_shared: bool = True  # the shared linear forecaster is one of the rate experts
 
     def __post_init__(self) -> None:
