@@ -15,16 +15,19 @@ curves show learning, not the scene changing), or a 40th of the N-MNIST stream.
 
 * the published forecast's Poisson log-likelihood per event (``count_mean`` read out at
   each window end, scored on the next window's counts; nats/event);
-* the free energy F of the read-outs (mean over the block's read-outs; with the default
-  single belief layer, F is layer 1's);
+* the free energy F of the read-outs (mean over the block's read-outs), and its parts per
+  layer (``layer_free_energies``): F₁ = Σ [½ π¹ e¹² − ½ ln π¹] over layer 1's active error
+  units (the sensory prediction errors), F₂ the same over layer 2's, and the priors
+  (sparsity λ Σ μ and ½ π_prior Σ μ_top²); F = F₁ + F₂ + priors;
 * the weight change per learning epoch, ‖W¹(end) − W¹(start)‖_F / epochs in the block;
 * the distance of the weights to their final value, ‖W¹ − W¹_final‖_F / ‖W¹_final‖_F.
 
 Time to within 5 %: the first events-seen count after which the quantity stays within 5 %
 of its final value (the mean of the last three blocks; for the weights, within 5 % of the
 final weights). Each setting runs with ``--seeds`` (3 by default); the table gives mean and
-range over seeds. Two settings: the default curvature mix γ = ``curv_mix`` (0.25) and the
-majorize-minimize guarantee γ = 1.
+range over seeds. Three settings: the default curvature mix γ = ``curv_mix`` (0.25), the
+majorize-minimize guarantee γ = 1, and two belief layers (``layers = 2``, default γ), whose
+per-layer free energies show whether the second layer settles too.
 
 Output: one line per run, a Markdown table, a PNG (``docs/figures/convergence.png``) and, with
 ``--write-docs``, the table in docs/results.md between ``convergence`` markers; the last line
@@ -43,9 +46,10 @@ from pathlib import Path
 import numpy as np
 
 from augury.events import EventBatch
-from augury.model.network import Network
+from augury.model.network import Network, l2_inputs, traces_at
 from augury.model.scoring import poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
+from augury.model.state import State
 from tools.bench.model import looped
 from tools.experiments.docs_block import write_block
 from tools.spec_args import add_spec_argument, spec_overrides
@@ -62,7 +66,8 @@ NMNIST_GAP_US = 20_000
 TOLERANCE = 0.05
 QUICK_EVENTS = 8 * 374_296
 """--quick: eight loops of the rotating disk (374,296 events each)."""
-SETTINGS = {"default γ = 0.25": {}, "γ = 1 (majorize-minimize)": {"curv_mix": 1.0}}
+SETTINGS = {"default γ = 0.25": {}, "γ = 1 (majorize-minimize)": {"curv_mix": 1.0},
+            "two belief layers": {"layers": 2}}
 
 
 @dataclass
@@ -75,6 +80,8 @@ class Curve:
     free_energy: np.ndarray
     dw_per_epoch: np.ndarray
     w_distance: np.ndarray
+    f_layers: np.ndarray
+    """(blocks, 3): mean F₁, F₂ (0 with one layer) and the priors' part per read-out."""
 
 
 def load(name: str, n_events: int) -> tuple[np.ndarray, int, int, int | None]:
@@ -102,6 +109,26 @@ def load(name: str, n_events: int) -> tuple[np.ndarray, int, int, int | None]:
     return looped(ev, n_events), w, h, int(ev["t"][-1]) + 1
 
 
+def layer_free_energies(spec: ModelSpec, st: State, t_us: int) -> tuple[float, float, float]:
+    """(F₁, F₂, priors) of the state at t_us (nats), the parts of ``Readout.free_energy``:
+    F_ℓ = Σ over layer ℓ's active error units of ½ π e² − ½ ln π, priors = λ Σ μ (every
+    layer) + ½ π_prior Σ μ_top². F₂ = 0 with one layer."""
+    act1 = st.active != 0
+    e1 = (traces_at(spec, st, t_us) - st.xhat1) * act1[:, None]
+    f1 = float(np.sum(0.5 * st.pi1 * e1 * e1) - 0.5 * np.sum(np.log(st.pi1[act1])))
+    mus = [st.mu1]
+    f2 = 0.0
+    if spec.layers == 2:
+        act2 = st.nact2 != 0
+        e2 = (l2_inputs(spec, st) - st.pred2) * act2[:, None]
+        f2 = float(np.sum(0.5 * st.pi2 * e2 * e2) - 0.5 * np.sum(np.log(st.pi2[act2])))
+        mus.append(st.mu2)
+    top = mus[-1]
+    prior = spec.sparsity * float(sum(m.sum() for m in mus)) + 0.5 * spec.pi_prior * float(
+        np.sum(top * top))
+    return f1, f2, prior
+
+
 def _entry(bad: np.ndarray, events: np.ndarray) -> float:
     """Events seen at the first block after the last bad one; NaN when that is one of the
     last three blocks (the final value is their mean: entering there shows nothing)."""
@@ -126,7 +153,9 @@ def run_curve(ev: np.ndarray, w: int, h: int, spec_over: dict[str, object],
     edges = np.searchsorted(ev["t"], np.arange(n_win + 1) * WINDOW_US)
     block_of = ((np.arange(n_win) + 1) * WINDOW_US - 1) // block_us  # block of each window
     rows: list[tuple[float, float, float, float]] = []
+    parts: list[np.ndarray] = []
     snapshots: list[np.ndarray] = []
+    f_parts = np.zeros(3)
     ll = f_sum = 0.0
     n_ev = n_read = 0
     pred: np.ndarray | None = None
@@ -142,24 +171,28 @@ def run_curve(ev: np.ndarray, w: int, h: int, spec_over: dict[str, object],
         r = net.step(b)
         pred = r.count_mean
         f_sum += r.free_energy
+        f_parts += layer_free_energies(spec, net.state, (i + 1) * WINDOW_US)
         n_read += 1
         seen += part.size
         if i == n_win - 1 or block_of[i + 1] != block_of[i]:
             epochs = max(1, block_us // spec.learn_us)
             dw = float(np.linalg.norm(net.state.W1 - w_start)) / epochs
             rows.append((seen, ll / max(n_ev, 1), f_sum / max(n_read, 1), dw))
+            parts.append(f_parts / max(n_read, 1))
             snapshots.append(net.state.W1.copy())
             w_start = net.state.W1.copy()
+            f_parts = np.zeros(3)
             ll = f_sum = 0.0
             n_ev = n_read = 0
     if len(rows) > 1 and rows[-1][0] - rows[-2][0] < 0.5 * (rows[-2][0] - (
             rows[-3][0] if len(rows) > 2 else 0)):
         rows, snapshots = rows[:-1], snapshots[:-1]  # a sliver left by window rounding
+        parts = parts[:-1]
     a = np.array(rows)
     final = snapshots[-1]
     dist = np.array([np.linalg.norm(s - final) / max(np.linalg.norm(final), 1e-12)
                      for s in snapshots])
-    return Curve(a[:, 0], a[:, 1], a[:, 2], a[:, 3], dist)
+    return Curve(a[:, 0], a[:, 1], a[:, 2], a[:, 3], dist, np.array(parts))
 
 
 def summarise(c: Curve) -> dict[str, float]:
@@ -172,6 +205,12 @@ def summarise(c: Curve) -> dict[str, float]:
         "final_free_energy": fin_f,
         "events_to_5pct_free_energy": within(c.free_energy, fin_f, c.events),
         "dw_first": float(c.dw_per_epoch[0]), "dw_last": float(c.dw_per_epoch[-1]),
+        "final_f1": float(c.f_layers[tail, 0].mean()),
+        "final_f2": float(c.f_layers[tail, 1].mean()),
+        "events_to_5pct_f1": within(c.f_layers[:, 0], float(c.f_layers[tail, 0].mean()),
+                                    c.events),
+        "events_to_5pct_f2": within(c.f_layers[:, 1], float(c.f_layers[tail, 1].mean()),
+                                    c.events) if np.any(c.f_layers[:, 1]) else float("nan"),
         "events_to_5pct_weights": _weights_within(c),
     }
 
@@ -191,8 +230,9 @@ def table(res: dict[str, dict[str, list[dict[str, float]]]]) -> str:
                 f"{np.nanmax(v):.{digits}f}]")
 
     lines = ["| stream | setting | log-lik/event first → final | events to 5 % (log-lik), M "
-             "| events to 5 % (F), M | events to 5 % (W¹), M | ΔW/epoch first → last |",
-             "|---|---|---|---:|---:|---:|---|"]
+             "| events to 5 % (F), M | F₁ / F₂ per read-out, final | events to 5 % (F₁ / F₂), M "
+             "| events to 5 % (W¹), M | ΔW/epoch first → last |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for stream, by_setting in res.items():
         for setting, runs in by_setting.items():
             g = {k: [r[k] for r in runs] for k in runs[0]}
@@ -200,7 +240,11 @@ def table(res: dict[str, dict[str, list[dict[str, float]]]]) -> str:
                 f"| {stream} | {setting} | {np.mean(g['first_loglik']):+.3f} → "
                 f"{np.mean(g['final_loglik']):+.3f} | {fmt(g['events_to_5pct_loglik'], 1e6, 2)} | "
                 f"{fmt(g['events_to_5pct_free_energy'], 1e6, 2)} | "
-                f"{fmt(g['events_to_5pct_weights'], 1e6, 2)} | "
+                f"{np.mean(g['final_f1']):.4g} / "
+                f"{np.mean(g['final_f2']) if setting == 'two belief layers' else '—'} | "
+                f"{fmt(g['events_to_5pct_f1'], 1e6, 2)} / "
+                f"{fmt(g['events_to_5pct_f2'], 1e6, 2) if setting == 'two belief layers' else '—'}"
+                f" | {fmt(g['events_to_5pct_weights'], 1e6, 2)} | "
                 f"{np.mean(g['dw_first']):.2e} → {np.mean(g['dw_last']):.2e} |")
     return "\n".join(lines)
 
@@ -261,7 +305,8 @@ def headline(res: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, flo
     out: dict[str, float] = {}
     for stream, by_setting in res.items():
         for setting, runs in by_setting.items():
-            tag = "gamma1" if "γ = 1" in setting else "default"
+            tag = ("gamma1" if "γ = 1" in setting else "layers2" if "two" in setting
+                   else "default")
             for key in ("events_to_5pct_loglik", "events_to_5pct_weights", "final_loglik"):
                 vals = [r[key] for r in runs]
                 out[f"{stream}_{tag}_{key}"] = (None if np.all(np.isnan(vals))  # type: ignore
