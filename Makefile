@@ -1,6 +1,9 @@
-# Two entry points for a fresh machine (only Python >= 3.10 and a C compiler assumed):
-#   make demo   set up .venv and run Augury on the built-in synthetic scene
-#   make test   set up .venv with the test extras and run the test suite
+# Entry points for a fresh machine (only Python >= 3.10 and a C compiler assumed):
+#   make demo              set up .venv and run Augury on the built-in synthetic scene
+#   make demo-adaptation   the same setup, then the adaptation demo with its live dashboard
+#   make test              set up .venv with the test extras and run the test suite
+#                          (the dashboard's browser tests also need Debian's chromium:
+#                          `make browser` installs it when run as root; .ci/run does)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,14 +13,14 @@ LAVA_PYTHON ?= $(shell p=$$(pyenv prefix 3.10.13 2>/dev/null) && echo $$p/bin/py
                  || command -v python3.10)
 LAVA_VENV   ?= .venv-lava
 
-.PHONY: demo test lint bench clean lava-test
+.PHONY: demo demo-adaptation test lint bench clean lava-test browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[dashboard]'
 	touch $@
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
@@ -26,6 +29,18 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.core
 	$(BIN)/augury demo
+
+demo-adaptation: $(VENV)/.core
+	$(BIN)/augury demo adaptation
+
+# Debian's chromium for the dashboard's browser tests (Playwright drives it through
+# executable_path; Playwright's own browser downloads are never used).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "!!! chromium is missing and cannot be installed here (needs root and apt-get):" \
+		"the dashboard browser tests will SKIP" >&2; fi
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -374,14 +374,29 @@ def run(uri: str | None, config_path: Path | None, publish: str | None, control:
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit after N messages.")
 @click.option("--timeout-s", type=float, default=None,
               help="Exit when nothing arrives for this long (default: wait forever).")
+@click.option("--warn-after-s", type=click.FloatRange(0, min_open=True), default=3.0,
+              show_default=True,
+              help="Say so when nothing arrives for this long, and ask the control socket "
+              "whether a daemon is running.")
+@click.option("--control", "control_endpoint", default=None,
+              help="Control endpoint asked for `status` when nothing arrives, or 'none' "
+              "[ENDPOINT's host, port + 1: the daemon's default layout].")
+@click.option("--no-legend", is_flag=True, help="Do not print the legend first.")
 @click.option("--render", "render_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Also keep a PNG of the latest beliefs, uncertainty and "
-              "predicted rates up to date (needs the 'tools' extra: matplotlib).")
+              default=None, help="Also keep a PNG of the latest observed counts, predicted "
+              "rates, beliefs and uncertainty up to date (needs the 'tools' extra: "
+              "matplotlib).")
 @click.option("--render-every", type=click.IntRange(1), default=20, show_default=True,
               help="Re-render after this many messages.")
 def listen(endpoint: str, topics: tuple[str, ...], count: int | None,
-           timeout_s: float | None, render_path: Path | None, render_every: int) -> None:
-    """Print a one-line summary of every message published on ENDPOINT."""
+           timeout_s: float | None, warn_after_s: float, control_endpoint: str | None,
+           no_legend: bool, render_path: Path | None, render_every: int) -> None:
+    """Print a one-line summary of every message published on ENDPOINT.
+
+    A legend of the fields goes to stderr first (once); each message is one line on stdout.
+    """
+    import time
+
     from augury.client import Subscriber
 
     latest: dict[str, dict[str, np.ndarray]] = {}
@@ -394,16 +409,29 @@ def listen(endpoint: str, topics: tuple[str, ...], count: int | None,
             raise click.ClickException(str(exc)) from exc
 
     wanted = topics or ("beliefs", "prediction", "surprise", "stats")
+    control = default_control_endpoint(endpoint) if control_endpoint is None else (
+        None if control_endpoint.lower() == "none" else control_endpoint)
+    if not no_legend:
+        click.echo(legend(wanted), err=True)
+    lines = MessageLines()
     n = 0
-    timeout_ms = None if timeout_s is None else int(timeout_s * 1000)
-    with Subscriber(endpoint, topics=wanted, timeout_ms=timeout_ms or 1000) as sub:
+    warned = False
+    last = time.monotonic()
+    with Subscriber(endpoint, topics=wanted) as sub:
         while count is None or n < count:
-            msg = sub.recv(timeout_ms=timeout_ms if timeout_ms is not None else 1000)
+            msg = sub.recv(timeout_ms=200)
+            now = time.monotonic()
             if msg is None:
-                if timeout_ms is not None:
+                quiet_s = now - last
+                if timeout_s is not None and quiet_s >= timeout_s:
                     break
+                if not warned and quiet_s >= warn_after_s:
+                    click.echo(silence_notice(endpoint, quiet_s, control), err=True)
+                    warned = True
                 continue
-            click.echo(message_line(msg))
+            last = now
+            warned = False
+            click.echo(lines.line(msg))
             n += 1
             if render_path is not None:
                 latest[msg.topic] = msg.arrays
@@ -415,6 +443,40 @@ def listen(endpoint: str, topics: tuple[str, ...], count: int | None,
         raise click.ClickException(f"no message from {endpoint} within {timeout_s} s")
 
 
+def default_control_endpoint(endpoint: str) -> str | None:
+    """The control endpoint a daemon publishing on ``endpoint`` has by default: same host,
+    port + 1 (``augury run`` binds 5556 and 5557); None if endpoint is not tcp://HOST:PORT."""
+    head, sep, port = endpoint.rpartition(":")
+    if not endpoint.startswith("tcp://") or not sep or not port.isdigit():
+        return None
+    return f"{head}:{int(port) + 1}"
+
+
+def silence_notice(endpoint: str, quiet_s: float, control: str | None, *,
+                   timeout_ms: int = 500) -> str:
+    """What ``listen`` says after quiet_s seconds without a message on endpoint: whether a
+    daemon answers ``status`` on the control endpoint (asked with a timeout of timeout_ms)."""
+    from augury.client import control_status
+
+    text = f"listen: nothing from {endpoint} for {quiet_s:.1f} s; "
+    if control is None:
+        return text + "no control endpoint to ask whether a daemon runs (--control)"
+    reply = control_status(control, timeout_ms=timeout_ms)
+    if reply is None:
+        return (text + f"no answer to `status` on {control} within {timeout_ms} ms: no "
+                "daemon seems to be running there (start one with `augury run`; pass "
+                "--control if it uses another control endpoint; a control socket that "
+                "requires CURVE keys does not answer this check either)")
+    if not reply.get("ok", False):
+        return text + f"the control socket {control} answered: {reply.get('error')}"
+    t_us = reply.get("t_us")
+    return (text + f"a daemon answers on {control}: source {reply.get('source')}, stream time "
+            f"{'n/a' if t_us is None else f'{t_us / 1e6:.3f} s'}, "
+            f"{reply.get('events_processed', 0):,} events processed, "
+            f"{reply.get('published', 0)} read-outs published (is it publishing on "
+            f"{endpoint}? is its source sending?)")
+
+
 def _render(path: Path, latest: dict[str, dict[str, np.ndarray]], t_us: int | None) -> None:
     from augury.render import render_snapshot
 
@@ -424,42 +486,120 @@ def _render(path: Path, latest: dict[str, dict[str, np.ndarray]], t_us: int | No
         pass
 
 
-def message_line(msg: Message) -> str:
-    """One line per message: topic, seq, stream time, and a few numbers that matter."""
-    head = f"{msg.topic:<10} seq={msg.seq:<6} t={msg.stream_time_us / 1e6:9.3f}s"
-    if msg.gap:
-        head += f" gap={msg.gap}"
-    a, m = msg.arrays, msg.meta
-    if msg.topic == "beliefs":
-        parts = [f"mu_l{i}={a[f'mu_l{i}'].mean():.3f}±{a[f'sigma_l{i}'].mean():.3f}"
-                 for i in range(1, m.get("layers", 1) + 1) if f"mu_l{i}" in a]
-        return f"{head} " + " ".join(parts)
-    if msg.topic == "prediction":
+LEGEND = {
+    "head": "every line: topic, seq (message number of the topic; gap=N: N missed), "
+            "t (stream time of the read-out, s)",
+    "beliefs": "mu_lN=m±s: layer-N belief units, mean posterior mean ± mean posterior sd "
+               "(arbitrary units, over columns and units)",
+    "prediction": "next Δ ms: events expected on the whole sensor in the next horizon window "
+                  "± predictive sd (events), and as a rate (ev/s); peak: the largest expected "
+                  "count of one pooled cell; seen [a, b) s: events observed in the last whole "
+                  "window, stream time a to b",
+    "surprise": "surprise: Σ ½ π e² of the prediction errors now (nats); z: its deviation from "
+                "the running baseline in sd (> 3: unexpected); F: free energy (nats)",
+    "stats": "in / proc: events/s received / processed over the interval since the previous "
+             "stats line (wall clock; -- on the first); speed: stream s per wall s over it; "
+             "drop: events dropped by the queue in total (+ in the interval); p50/p99: "
+             "latency from arrival to publication (ms, recent); learning on/off",
+}
+
+
+def legend(topics: tuple[str, ...]) -> str:
+    """The one-time legend of ``MessageLines`` for the given topics (several lines)."""
+    import textwrap
+
+    keys = ["head"] + [t for t in ("beliefs", "prediction", "surprise", "stats") if t in topics]
+    rows = [textwrap.fill(LEGEND[k], width=100, initial_indent=f"  {'' if k == 'head' else k:<10} ",
+                          subsequent_indent=" " * 13) for k in keys]
+    return "legend:\n" + "\n".join(rows)
+
+
+def _rate(per_s: float) -> str:
+    """An event rate with a unit prefix: '1.23 Mev/s', '45.6 kev/s', '789 ev/s'."""
+    if per_s >= 1e6:
+        return f"{per_s / 1e6:.2f} Mev/s"
+    if per_s >= 1e3:
+        return f"{per_s / 1e3:.1f} kev/s"
+    return f"{per_s:.0f} ev/s"
+
+
+class MessageLines:
+    """One line per message (see ``LEGEND``); rates of ``stats`` lines are instantaneous:
+    differences of the cumulative counters between this stats message and the previous one,
+    over the daemon's uptime between them (s), not the averages since start it also sends.
+    """
+
+    def __init__(self) -> None:
+        self._prev_stats: dict[str, float] | None = None
+
+    def line(self, msg: Message) -> str:
+        """The line of one message (topic, seq, stream time s, then the topic's fields)."""
+        head = f"{msg.topic:<10} seq={msg.seq:<6} t={msg.stream_time_us / 1e6:9.3f}s"
+        if msg.gap:
+            head += f" gap={msg.gap}"
+        a, m = msg.arrays, msg.meta
+        if msg.topic == "beliefs":
+            parts = [f"mu_l{i}={a[f'mu_l{i}'].mean():.3f}±{a[f'sigma_l{i}'].mean():.3f}"
+                     for i in range(1, m.get("layers", 1) + 1) if f"mu_l{i}" in a]
+            return f"{head} " + " ".join(parts)
+        if msg.topic == "prediction":
+            return f"{head} {prediction_fields(a, m)}"
+        if msg.topic == "surprise":
+            return (f"{head} surprise={m['total']:.3g} nats z={m['zscore']:+.2f} "
+                    f"F={m['free_energy']:.3g} nats")
+        return f"{head} {self._stats_fields(m)}"
+
+    def _stats_fields(self, m: dict) -> str:
+        now = {k: float(m.get(k) or 0.0) for k in ("uptime_s", "events_in", "events_processed",
+                                                    "queue_dropped_events", "t_us")}
+        prev, self._prev_stats = self._prev_stats, now
+        dt = None if prev is None else now["uptime_s"] - prev["uptime_s"]
+        if prev is None or dt is None or dt <= 0 or now["events_in"] < prev["events_in"]:
+            rates = "in -- proc -- speed --"  # first stats line, or the daemon restarted
+            ddrop = 0.0
+        else:
+            rates = (f"in {_rate((now['events_in'] - prev['events_in']) / dt)} "
+                     f"proc {_rate((now['events_processed'] - prev['events_processed']) / dt)}"
+                     f" speed {(now['t_us'] - prev['t_us']) / 1e6 / dt:.2f}x")
+            ddrop = now["queue_dropped_events"] - prev["queue_dropped_events"]
+        p50, p99 = m.get("latency_p50_ms"), m.get("latency_p99_ms")
+        lat = "n/a" if p50 is None or p99 is None else f"{p50:.2f}/{p99:.2f} ms"
+        return (f"{rates} drop {now['queue_dropped_events']:.0f} (+{ddrop:.0f}) "
+                f"p50/p99 {lat} learning {'on' if m.get('learning') else 'off'}")
+
+
+def prediction_fields(a: dict[str, np.ndarray], m: dict) -> str:
+    """The prediction part of a line: expected events next window ± sd, as a rate, the peak
+    cell, and the events seen in the last whole window (when the daemon sends them)."""
+    horizon_ms = m.get("horizon_ms")
+    if "count_mean" not in a or "count_var" not in a or not horizon_ms:  # older daemons
         r = a["rate_hz"]
-        line = (f"{head} rate mean={r.mean():.1f} Hz max={r.max():.1f} Hz "
-                f"sd={np.sqrt(a['rate_var']).mean():.1f} Hz shape={r.shape}")
-        if "count_mean" in a and "count_var" in a:  # next window: expected events ± sd
-            line += (f" next {m.get('horizon_ms', '?')} ms: {a['count_mean'].sum():,.0f}"
-                     f" ± {np.sqrt(a['count_var'].sum()):,.0f} events")
-        return line
-    if msg.topic == "surprise":
-        return f"{head} total={m['total']:.3g} z={m['zscore']:.2f} F={m['free_energy']:.3g}"
-    ev = m.get("events_per_s_processed") or 0.0
-    p99 = m.get("latency_p99_ms")
-    return (f"{head} {ev / 1e6:.3f} Mev/s events={m.get('events_processed', 0):,} "
-            f"dropped={m.get('queue_dropped_events', 0)} learning={m.get('learning')} "
-            f"p99={'n/a' if p99 is None else f'{p99:.2f} ms'}")
+        return f"rate {_rate(float(r.sum()))} peak {r.max():.1f} ev/s/cell"
+    mean = float(a["count_mean"].sum())
+    text = (f"next {horizon_ms:g} ms: {mean:,.0f} ± {np.sqrt(a['count_var'].sum()):,.0f} ev "
+            f"({_rate(mean / (horizon_ms * 1e-3))}) peak {a['count_mean'].max():.2f} ev/cell")
+    lo, hi = m.get("observed_t_start_us"), m.get("observed_t_end_us")
+    if "count_observed" in a and lo is not None and hi is not None:
+        text += (f" | seen [{lo / 1e6:.3f}, {hi / 1e6:.3f}) s: "
+                 f"{a['count_observed'].sum():,.0f} ev")
+    return text
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--duration-s", type=click.FloatRange(0.5), default=10.0, show_default=True,
               help="How long to run (wall time).")
 @click.option("--scene", default="synthetic://bars?duration_us=none", show_default=True,
               help="Source URI (the endless synthetic scene by default).")
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="Real-time factor of the scene.")
-def demo(duration_s: float, scene: str, speed: float) -> None:
-    """Run the daemon in-process and print what a subscriber receives (beliefs arriving)."""
+@click.pass_context
+def demo(ctx: click.Context, duration_s: float, scene: str, speed: float) -> None:
+    """Run the daemon in-process and print what a subscriber receives (beliefs arriving).
+
+    `augury demo adaptation` runs the adaptation demo with the dashboard instead.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     import threading
     import time
 
@@ -489,6 +629,8 @@ def demo(duration_s: float, scene: str, speed: float) -> None:
 
     thread = threading.Thread(target=engine, name="augury-engine")
     received = 0
+    click.echo(legend(("beliefs", "prediction", "surprise", "stats")), err=True)
+    lines = MessageLines()
     with stop_on_signals(daemon.pipeline.stop_event), \
             Subscriber(endpoint, topics=("beliefs", "prediction", "surprise", "stats")) as sub:
         thread.start()
@@ -497,7 +639,7 @@ def demo(duration_s: float, scene: str, speed: float) -> None:
             msg = sub.recv(timeout_ms=200)
             if msg is not None:
                 received += 1
-                click.echo(message_line(msg))
+                click.echo(lines.line(msg))
         daemon.pipeline.stop_event.set()
         thread.join(timeout=30)
     daemon.close()
@@ -506,6 +648,53 @@ def demo(duration_s: float, scene: str, speed: float) -> None:
     click.echo(json.dumps({"messages": received,
                            "events_processed": daemon.pipeline.metrics.events_processed}))
 
+
+@main.command(name="dashboard")
+@click.option("--daemon", "daemon_endpoint", default="tcp://127.0.0.1:5556", show_default=True,
+              help="The daemon's PUB endpoint.")
+@click.option("--control", "control_endpoint", default=None,
+              help="The daemon's control endpoint, or 'none' [the PUB port + 1].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to serve the page on (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port of the page (0: any free port).")
+@click.option("--stall-s", type=click.FloatRange(0, min_open=True), default=3.0,
+              show_default=True, help="Seconds without a message before the page says stalled.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+def dashboard_cmd(daemon_endpoint: str, control_endpoint: str | None, host: str, port: int,
+                  stall_s: float, open_browser: bool) -> None:
+    """Serve a live web page of a running daemon: maps, time series and control buttons."""
+    from augury.dashboard_cli import serve_until_interrupted
+
+    control = default_control_endpoint(daemon_endpoint) if control_endpoint is None else (
+        None if control_endpoint.lower() == "none" else control_endpoint)
+    serve_until_interrupted(daemon_endpoint, control, host=host, port=port, stall_s=stall_s,
+                            open_browser=open_browser)
+
+
+@demo.command(name="adaptation")
+@click.option("--quick", is_flag=True, help="Short phases: finishes in under a minute.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("augury-demo"), show_default=True,
+              help="Directory for the PNG strip, the Markdown summary and the JSON result.")
+@click.option("--no-browser", is_flag=True, help="Print the dashboard URL, do not open it.")
+@click.option("--no-dashboard", is_flag=True, help="Do not serve the dashboard at all.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port of the dashboard page (0: any free port).")
+@click.option("--phase-s", type=click.FloatRange(0.5), default=None,
+              help="Seconds of stream time per phase [10, or 3 with --quick].")
+def demo_adaptation(quick: bool, out_dir: Path, no_browser: bool, no_dashboard: bool,
+                    port: int, phase_s: float | None) -> None:
+    """A scene that changes on a schedule; watch surprise jump at each shift and fall again."""
+    from augury.demo_adaptation import DemoOptions, run_demo
+
+    opts = DemoOptions(quick=quick, out_dir=out_dir, open_browser=not no_browser,
+                       dashboard=not no_dashboard, port=port, phase_s=phase_s)
+    try:
+        result = run_demo(opts, echo=lambda text: click.echo(text, err=True))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(result))
 
 
 @main.command(name="lava-serve")
@@ -525,6 +714,7 @@ def lava_serve(bind: str) -> None:
     from augury.lava.sidecar import serve
 
     sys.exit(serve(bind))
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

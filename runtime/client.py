@@ -1,4 +1,4 @@
-"""Subscriber helper for robot software: receive schema-v1 messages as NumPy arrays.
+"""Subscriber helper for robot software: receive schema-v2 messages as NumPy arrays.
 
 Example::
 
@@ -16,6 +16,7 @@ version raises SchemaVersionError, because it means the client is too old for th
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -33,14 +34,14 @@ from augury.publish import (
     encode_message,
 )
 
-__all__ = ["Message", "MessageError", "SchemaVersionError", "Subscriber", "decode_message",
-           "encode_message"]
+__all__ = ["Message", "MessageError", "SchemaVersionError", "Subscriber", "control_status",
+           "decode_message", "encode_message"]
 
 log = logging.getLogger(__name__)
 
 
 class Subscriber:
-    """ZeroMQ SUB socket that decodes schema-v1 messages and tracks per-topic gaps.
+    """ZeroMQ SUB socket that decodes schema-v2 messages and tracks per-topic gaps.
 
     ``topics``: exact topic names to receive (None: every topic). ``timeout_ms``: default
     wait of ``recv`` and of iteration. ``hwm``: receive queue length in messages; when it is
@@ -65,8 +66,10 @@ class Subscriber:
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
-        for t in [""] if self._topics is None else sorted(self._topics):
-            self._socket.setsockopt(zmq.SUBSCRIBE, t.encode())
+        # a frame starts with topic + NUL: subscribing to that prefix matches one topic exactly
+        for t in [b""] if self._topics is None else sorted(t.encode() + b"\x00"
+                                                          for t in self._topics):
+            self._socket.setsockopt(zmq.SUBSCRIBE, t)
         self._socket.connect(endpoint)
         self._last_seq: dict[str, int] = {}
         self.received = 0
@@ -137,3 +140,33 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def control_status(endpoint: str, *, timeout_ms: int = 500,
+                   context: zmq.Context | None = None) -> dict[str, Any] | None:
+    """Ask a daemon's control socket for ``status``; its reply, or None without one.
+
+    endpoint: the control endpoint (``tcp://host:port``); timeout_ms: how long to wait for
+    the reply, ms. None means nothing answered within timeout_ms (no daemon there, a daemon
+    without a control socket, or one that requires CURVE keys this client does not hold);
+    a reply that is not a JSON object also gives None. The socket is closed with linger 0.
+    """
+    ctx = zmq.Context() if context is None else context
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send(b'{"cmd": "status"}')
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        try:
+            reply = json.loads(sock.recv().decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return reply if isinstance(reply, dict) else None
+    except zmq.ZMQError:
+        return None
+    finally:
+        sock.close(linger=0)
+        if context is None:
+            ctx.term()

@@ -141,7 +141,7 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class PublishConfig:
-    """ZeroMQ PUB of read-outs (schema v1)."""
+    """ZeroMQ PUB of read-outs (schema v2)."""
 
     endpoint: str = _f("tcp://127.0.0.1:5556", _ENDPOINT)
     rate_ms: float = _f(50.0, _Rule(float, lo=0.0, lo_open=True, hi=3_600_000, unit="ms"))

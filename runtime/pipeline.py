@@ -144,9 +144,12 @@ class Metrics:
 def readout_messages(
     r: Readout, prediction_meta: Mapping[str, Any] | None = None
 ) -> list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]:
-    """The schema-v1 messages (topic, arrays, meta) for one read-out; see docs/protocol.md.
+    """The schema-v2 messages (topic, arrays, meta) for one read-out; see docs/protocol.md.
 
     prediction_meta: e.g. horizon_ms, pool and tau_us of the model, sent with "prediction".
+    "prediction" also carries the observed counts of the last whole horizon window
+    (``count_observed``, the layout of ``count_mean``) and that window's bounds in stream µs
+    (meta ``observed_t_start_us``, ``observed_t_end_us``; null before the first window).
     """
     prediction_meta = dict(prediction_meta or {})
     beliefs: dict[str, np.ndarray] = {}
@@ -156,8 +159,11 @@ def readout_messages(
     return [
         ("beliefs", beliefs, {"layers": len(r.mu)}),
         ("prediction", {"rate_hz": r.rate_hz, "rate_var": r.rate_var,
-                        "count_mean": r.count_mean, "count_var": r.count_var},
-         {"count_distribution": "poisson_mixture", **prediction_meta}),
+                        "count_mean": r.count_mean, "count_var": r.count_var,
+                        "count_observed": r.count_observed},
+         {"count_distribution": "poisson_mixture",
+          "observed_t_start_us": r.obs_t_start_us, "observed_t_end_us": r.obs_t_end_us,
+          **prediction_meta}),
         ("surprise", {"map": r.surprise_map, "zmap": r.surprise_zmap,
                       "total": np.array(r.surprise_total, np.float64),
                       "zscore": np.array(r.surprise_z, np.float64)},

@@ -1,17 +1,30 @@
-"""ZeroMQ publishing of network read-outs, wire schema v1 (see docs/protocol.md).
+"""ZeroMQ publishing of network read-outs, wire schema v2 (see docs/protocol.md).
 
-A message is a ZeroMQ multipart message::
+A message is **one** ZeroMQ frame (never a multipart message)::
 
-    frame 0   topic, UTF-8 (e.g. b"beliefs"); SUB sockets filter on it
-    frame 1   header, UTF-8 JSON object (strict RFC 8259: no NaN/Infinity)
-    frame 2+  one raw frame per array, C order, little-endian, in header["arrays"] order
+    topic UTF-8 | 0x00 | header, UTF-8 JSON object (strict RFC 8259) | 0x00
+    | zero padding up to the next multiple of 8 bytes | data section
 
-Header (schema 1)::
+The data section holds the arrays, C order, little-endian, in ``header["arrays"]`` order; array
+``i`` starts at byte ``offset`` of the data section (0 for the first, then the end of the
+previous one rounded up to a multiple of 8) and the frame ends where the last array ends.
+SUB sockets filter on the frame's first bytes, so subscribing to ``topic + b"\\x00"`` matches
+one topic exactly.
 
-    {"schema": 1, "topic": str, "seq": int (per topic, from 0),
+Header (schema 2)::
+
+    {"schema": 2, "topic": str, "seq": int (per topic, from 0),
      "stream_time_us": int, "sensor_time_us": int | null, "wall_time_ns": int,
-     "arrays": [{"name": str, "dtype": str, "shape": [int, ...]}, ...],
+     "arrays": [{"name": str, "dtype": str, "shape": [int, ...], "offset": int}, ...],
      "meta": {...}}
+
+Why one frame: libzmq 4.3.5 aborts the whole process (assertion in ``session_base.cpp``,
+``clean_pipes``, libzmq #3442) when a subscriber's connection fails while the publisher's
+socket is closing and that connection's engine holds part of a multipart message, which a
+stalled subscriber's connection nearly always does. A single-frame message is never partly
+held, so the publisher can close next to any subscriber
+(``tests/test_publish.py::test_closing_as_a_stalled_subscriber_disconnects_never_aborts``
+runs the race in child processes). Schema 1 was a multipart layout of the same header.
 
 ``encode_message`` / ``decode_message`` are pure functions shared by the publisher and
 ``augury.client`` so the round trip can be tested without sockets.
@@ -33,14 +46,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import zmq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Wire schema version written in every header; bumped only on incompatible changes."""
 
 TOPIC_BELIEFS = "beliefs"
@@ -58,7 +71,7 @@ _HEADER_KEYS = ("schema", "topic", "seq", "stream_time_us", "sensor_time_us", "w
 
 
 class MessageError(ValueError):
-    """A received message does not follow schema v1; the text names the frame or field."""
+    """A received message does not follow schema v2; the text names the byte offset or field."""
 
 
 class SchemaVersionError(MessageError):
@@ -67,10 +80,10 @@ class SchemaVersionError(MessageError):
 
 @dataclass
 class Message:
-    """One decoded schema-v1 message.
+    """One decoded schema-v2 message.
 
-    ``arrays`` maps names to NumPy arrays (read-only views on the received frames when they
-    were aligned, else aligned copies); ``gap`` is the number of messages of this topic missed
+    ``arrays`` maps names to NumPy arrays (read-only views on the received frame when they
+    are aligned, else aligned copies); ``gap`` is the number of messages of this topic missed
     since the previously received one (0 for the first, and after a publisher restart).
     """
 
@@ -125,6 +138,10 @@ def _wire_array(name: str, arr: np.ndarray) -> np.ndarray:
     return arr if arr.flags.c_contiguous else arr.copy(order="C")
 
 
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
 def encode_message(
     topic: str,
     arrays: Mapping[str, np.ndarray],
@@ -134,20 +151,26 @@ def encode_message(
     stream_time_us: int,
     sensor_time_us: int | None,
     wall_time_ns: int,
-) -> list[bytes | np.ndarray]:
-    """Frames of one schema-v1 message: [topic, header JSON, array frames...].
+) -> bytes:
+    """The single frame of one schema-v2 message (layout in the module docstring).
 
-    Array frames are the C-contiguous little-endian arrays themselves (zero-copy when the
-    input already is). Raises ValueError for an empty topic, a non-numeric dtype, or meta that
-    JSON cannot carry.
+    Raises ValueError for an empty topic or one containing a NUL byte, a non-numeric dtype,
+    or meta that JSON cannot carry.
     """
-    if not topic:
-        raise ValueError("topic must be a non-empty string")
+    if not topic or "\x00" in topic:
+        raise ValueError(f"topic must be a non-empty string without NUL bytes, got {topic!r}")
     wire = [_wire_array(name, a) for name, a in arrays.items()]
     try:
         meta_json = jsonable(dict(meta or {}))
     except TypeError as exc:
         raise ValueError(f"meta of topic {topic!r}: {exc}") from exc
+    specs = []
+    offset = 0
+    for name, a in zip(arrays, wire, strict=True):
+        offset = _align8(offset)
+        specs.append({"name": str(name), "dtype": a.dtype.str, "shape": list(a.shape),
+                      "offset": offset})
+        offset += a.nbytes
     header = {
         "schema": SCHEMA_VERSION,
         "topic": topic,
@@ -155,12 +178,18 @@ def encode_message(
         "stream_time_us": int(stream_time_us),
         "sensor_time_us": None if sensor_time_us is None else int(sensor_time_us),
         "wall_time_ns": int(wall_time_ns),
-        "arrays": [{"name": str(name), "dtype": a.dtype.str, "shape": list(a.shape)}
-                   for name, a in zip(arrays, wire, strict=True)],
+        "arrays": specs,
         "meta": meta_json,
     }
-    head = json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
-    return [topic.encode(), head, *wire]
+    head = topic.encode() + b"\x00" + json.dumps(
+        header, allow_nan=False, separators=(",", ":")).encode() + b"\x00"
+    parts: list[Any] = [head, bytes(_align8(len(head)) - len(head))]
+    end = 0
+    for spec, a in zip(specs, wire, strict=True):
+        parts.append(bytes(spec["offset"] - end))
+        parts.append(a.reshape(-1).view(np.uint8))
+        end = spec["offset"] + a.nbytes
+    return b"".join(parts)
 
 
 def _as_bytes_view(frame: Any) -> memoryview:
@@ -192,7 +221,9 @@ def _decode_dtype(desc: Any, i: int) -> np.dtype:
     return dt
 
 
-def _decode_array(spec: Any, frame: Any, i: int) -> tuple[str, np.ndarray]:
+def _decode_array(spec: Any, data: memoryview, i: int, expected_offset: int
+                  ) -> tuple[str, np.ndarray, int]:
+    """Array ``i`` of the data section; returns (name, array, its end offset in bytes)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise MessageError(f"header arrays[{i}] must be an object with a string 'name'")
     dt = _decode_dtype(spec.get("dtype"), i)
@@ -202,35 +233,90 @@ def _decode_array(spec: Any, frame: Any, i: int) -> tuple[str, np.ndarray]:
     ):
         raise MessageError(f"header arrays[{i}].shape must be a list of non-negative "
                            f"integers, got {shape!r}")
-    buf = _as_bytes_view(frame)
+    offset = spec.get("offset")
+    if offset != expected_offset or isinstance(offset, bool):
+        raise MessageError(f"header arrays[{i}].offset ({spec['name']!r}) is {offset!r}, "
+                           f"expected {expected_offset} (the previous array's end rounded up "
+                           "to a multiple of 8)")
     count = math.prod(shape)
-    if buf.nbytes != count * dt.itemsize:
-        raise MessageError(f"frame {i + 2} ({spec['name']!r}) has {buf.nbytes} bytes, "
-                           f"expected {count * dt.itemsize} for {dt.str} {tuple(shape)}")
+    end = offset + count * dt.itemsize
+    if end > data.nbytes:
+        raise MessageError(f"array {i} ({spec['name']!r}, {dt.str} {tuple(shape)}) needs data "
+                           f"bytes {offset}..{end} but the data section has {data.nbytes}")
     if count == 0:
-        return spec["name"], np.empty(tuple(shape), dtype=dt)
-    arr = np.frombuffer(buf, dtype=dt, count=count).reshape(tuple(shape))
+        return spec["name"], np.empty(tuple(shape), dtype=dt), end
+    arr = np.frombuffer(data, dtype=dt, count=count, offset=offset).reshape(tuple(shape))
     if not arr.flags.aligned:
         arr = arr.copy()
-    return spec["name"], arr
+    arr.flags.writeable = False  # a view on the received frame, or a copy of it: read-only
+    return spec["name"], arr, end
 
 
-def decode_message(frames: Sequence[Any]) -> Message:
-    """Decode the frames of one schema-v1 message (bytes, memoryviews, zmq.Frames or arrays).
+_MAX_HEAD_BYTES = 1 << 20
+"""Longest topic + header accepted (bytes); a frame with no header end within it is refused."""
 
-    Raises SchemaVersionError for another schema version and MessageError, naming the frame
-    or header field, for anything else that does not follow schema v1. ``gap`` is left at 0
-    (it needs the subscriber's history).
-    """
-    if len(frames) < 2:
-        raise MessageError(f"expected at least 2 frames (topic, header), got {len(frames)}")
+
+def _find_nul(buf: memoryview, start: int) -> int:
+    """Index of the first 0x00 byte at or after ``start`` within the first 1 MiB, or -1."""
+    window = 4096
+    limit = min(buf.nbytes, _MAX_HEAD_BYTES)
+    while True:
+        stop = min(start + window, limit)
+        found = bytes(buf[start:stop]).find(b"\x00")
+        if found >= 0:
+            return start + found
+        if stop >= limit:
+            return -1
+        start, window = stop, window * 4
+
+
+def _split_frame(frame: Any) -> tuple[str, bytes, memoryview]:
+    """(topic, header bytes, data section) of one schema-v2 frame."""
+    buf = _as_bytes_view(frame)
+    topic_end = _find_nul(buf, 0)
+    if topic_end <= 0:
+        raise MessageError(f"frame of {buf.nbytes} bytes does not start with a topic ended by "
+                           f"a NUL byte ({'empty topic' if topic_end == 0 else 'no NUL'})")
+    head_end = _find_nul(buf, topic_end + 1)
+    if head_end < 0:
+        raise MessageError(f"no NUL byte ends the header (from byte {topic_end + 1}) within "
+                           f"{min(buf.nbytes, _MAX_HEAD_BYTES)} bytes")
     try:
-        topic = bytes(_as_bytes_view(frames[0])).decode()
-        header = json.loads(bytes(_as_bytes_view(frames[1])).decode())
+        topic = bytes(buf[:topic_end]).decode()
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"topic (bytes 0..{topic_end}) is not UTF-8: {exc}") from exc
+    data_start = _align8(head_end + 1)
+    if data_start > buf.nbytes:
+        raise MessageError(f"frame of {buf.nbytes} bytes ends inside the padding after the "
+                           f"header (data section expected at byte {data_start})")
+    return topic, bytes(buf[topic_end + 1:head_end]), buf[data_start:]
+
+
+def decode_message(frames: Any) -> Message:
+    """Decode one schema-v2 message: its frame (bytes, memoryview, zmq.Frame, uint8 array) or
+    a list holding that one frame, as ``recv_multipart`` returns it.
+
+    Raises SchemaVersionError for another schema version (a multipart message is schema 1)
+    and MessageError, naming the byte offset or header field, for anything else that does not
+    follow schema v2. ``gap`` is left at 0 (it needs the subscriber's history).
+    """
+    if isinstance(frames, (list, tuple)):
+        if len(frames) > 1:
+            raise SchemaVersionError(
+                f"a multipart message of {len(frames)} frames: schema 1 (augury before "
+                f"schema {SCHEMA_VERSION}); this client understands schema {SCHEMA_VERSION} "
+                "(one frame per message) only")
+        if not frames:
+            raise MessageError("empty message (no frame)")
+        frames = frames[0]
+    topic, head, data = _split_frame(frames)
+    try:
+        header = json.loads(head.decode())
     except (UnicodeDecodeError, ValueError) as exc:
-        raise MessageError(f"frame 0/1 (topic, header) is not UTF-8 text / JSON: {exc}") from exc
+        raise MessageError(f"header (bytes {len(topic) + 1}..{len(topic) + 1 + len(head)}) is "
+                           f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(header, dict):
-        raise MessageError(f"header (frame 1) must be a JSON object, got {type(header).__name__}")
+        raise MessageError(f"header must be a JSON object, got {type(header).__name__}")
     schema = header.get("schema")
     if schema != SCHEMA_VERSION:
         raise SchemaVersionError(f"message on topic {topic!r} has schema {schema!r}; this "
@@ -239,18 +325,24 @@ def decode_message(frames: Sequence[Any]) -> Message:
     if missing:
         raise MessageError(f"header lacks field(s) {missing}")
     if header["topic"] != topic:
-        raise MessageError(f"header topic {header['topic']!r} differs from frame 0 {topic!r}")
+        raise MessageError(f"header topic {header['topic']!r} differs from the frame's "
+                           f"topic {topic!r}")
     for key in ("seq", "stream_time_us", "wall_time_ns"):
         _check_int(header, key)
     _check_int(header, "sensor_time_us", nullable=True)
     if not isinstance(header["meta"], dict):
         raise MessageError("header field 'meta' must be an object")
     specs = header["arrays"]
-    if not isinstance(specs, list) or len(specs) != len(frames) - 2:
-        n = len(specs) if isinstance(specs, list) else specs
-        raise MessageError(f"header lists {n!r} arrays but the message has "
-                           f"{len(frames) - 2} array frames")
-    arrays = dict(_decode_array(spec, frames[i + 2], i) for i, spec in enumerate(specs))
+    if not isinstance(specs, list):
+        raise MessageError(f"header field 'arrays' must be a list, got {specs!r}")
+    arrays: dict[str, np.ndarray] = {}
+    end = 0
+    for i, spec in enumerate(specs):
+        name, arr, end = _decode_array(spec, data, i, _align8(end) if i else 0)
+        arrays[name] = arr
+    if end != data.nbytes:
+        raise MessageError(f"the data section has {data.nbytes} bytes but the arrays the "
+                           f"header lists end at byte {end}")
     return Message(topic=topic, header=header, arrays=arrays, seq=header["seq"],
                    stream_time_us=header["stream_time_us"],
                    wall_time_ns=header["wall_time_ns"],
@@ -266,12 +358,12 @@ class PublishCounters:
 
 
 class Publisher:
-    """Non-blocking schema-v1 publisher on a ZeroMQ XPUB socket.
+    """Non-blocking schema-v2 publisher on a ZeroMQ XPUB socket (one frame per message).
 
     ``publish`` never blocks: when a subscriber's queue holds ``hwm`` messages the message is
     dropped for that subscriber only (``isolate_slow_subscribers=True``, the default; not
     counted here) or for every subscriber of the topic and counted in ``dropped[topic]``
-    (``False``; one stalled subscriber then starves the others). Frames are copied into
+    (``False``; one stalled subscriber then starves the others). The frame is copied into
     libzmq's buffers at ``publish`` (``copy=True``): zero-copy sends leave Python memory
     referenced by messages queued for a stalled subscriber, and terminating the context with
     such messages pending aborted the process (SIGABRT in ``Context.term``, seen about one
@@ -368,12 +460,12 @@ class Publisher:
         if self._closed:
             raise RuntimeError("publish() on a closed Publisher")
         seq = self._seq.get(topic, 0)
-        frames = encode_message(topic, arrays, meta, seq=seq, stream_time_us=stream_time_us,
+        frame = encode_message(topic, arrays, meta, seq=seq, stream_time_us=stream_time_us,
                                 sensor_time_us=sensor_time_us, wall_time_ns=self._clock_ns())
         self._seq[topic] = seq + 1
         self.poll_subscriptions(0)
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=True)
+            self._socket.send(frame, flags=zmq.NOBLOCK, copy=True)
         except zmq.Again:
             self.counters.dropped[topic] = self.counters.dropped.get(topic, 0) + 1
             return False

@@ -1,4 +1,5 @@
-"""Render the latest beliefs, their uncertainty and the predicted rate map to a PNG
+"""Render the latest beliefs, their uncertainty, the observed counts and the predicted rate
+map to a PNG
 (`augury listen --render FILE.png`). Needs matplotlib: ``pip install 'augury[tools]'``."""
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ def render_snapshot(path: str | Path, latest: dict[str, dict[str, np.ndarray]],
     """Write a figure of the most recent messages per topic.
 
     latest: topic -> arrays as received (``beliefs``: mu_l1, sigma_l1; ``prediction``:
-    rate_hz (H, W, 2) events/s, rate_var; ``surprise``: map). Panels for missing topics are
-    left out. Returns the path written.
+    rate_hz (H, W, 2) events/s, rate_var, count_observed (H, W, 2) events of the last whole
+    horizon window, when sent; ``surprise``: map). Panels for missing topics are left out.
+    Returns the path written.
     """
     plt = _pyplot()
     panels: list[tuple[str, np.ndarray, str]] = []
     if "prediction" in latest:
-        rate = latest["prediction"]["rate_hz"]
+        pred = latest["prediction"]
+        if "count_observed" in pred:  # absent from daemons older than the field
+            panels.append(("observed events ON+OFF, last window", pred["count_observed"]
+                           .sum(axis=-1), "magma"))
+        rate = pred["rate_hz"]
         panels.append(("predicted rate ON+OFF (events/s)", rate.sum(axis=-1), "magma"))
         panels.append(("predicted sd (events/s)",
                        np.sqrt(latest["prediction"]["rate_var"]).sum(axis=-1), "viridis"))

@@ -144,3 +144,19 @@ def test_info_unreadable_inputs_are_clear_errors(tmp_path: Path) -> None:
         assert res.exit_code == 1, (uri, res.output)
         assert isinstance(res.exception, SystemExit), (uri, res.exception)
         assert needle in res.output and "Error" in res.output
+
+
+def test_demo_prints_a_legend_once_then_one_line_per_message() -> None:
+    res = CliRunner().invoke(main, ["demo", "--duration-s", "2", "--scene",
+                                    "synthetic://bars?duration_us=none&width=64&height=48"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("legend:") == 1
+    for topic in ("beliefs", "prediction", "surprise", "stats"):
+        assert f"\n  {topic:<10} " in res.stderr  # each topic's fields explained, with units
+    *lines, last = res.stdout.strip().splitlines()
+    assert json.loads(last)["messages"] == len(lines) >= 4
+    assert {line.split()[0] for line in lines} >= {"beliefs", "prediction", "surprise", "stats"}
+    stats = [line for line in lines if line.startswith("stats")]
+    assert len(stats) >= 2
+    assert "in -- proc --" in stats[0]  # no interval before the first stats message
+    assert all(" kev/s" in s or " ev/s" in s for s in stats[1:])

@@ -46,3 +46,30 @@ def test_entry_time_needs_a_settled_tail() -> None:
     ev = np.arange(1, 11, dtype=float)
     assert cv.within(np.array([5, 3, 1.02, 1, 1, 1, 1, 1, 1, 1.0]), 1.0, ev) == 3.0
     assert np.isnan(cv.within(np.array([5, 4, 3, 2, 2, 2, 2, 2, 1.5, 1.0]), 1.0, ev))
+
+
+def test_layer_free_energies_add_up_to_the_readout() -> None:
+    """F₁ + F₂ + priors is the published free energy (numpy twin), one and two layers."""
+    from augury.events import EventBatch
+    from augury.model.network import Network, compute_readout_numpy
+    from augury.model.spec import ModelSpec
+
+    ev, w, h, _ = cv.load("rotdisk", 60_000)
+    for layers in (1, 2):
+        spec = ModelSpec.from_dict({"width": w, "height": h, "pool": 0, "layers": layers})
+        net = Network(spec)
+        cuts = np.searchsorted(ev["t"], np.arange(11) * cv.WINDOW_US)
+        for i in range(10):
+            net.step(EventBatch(ev[cuts[i]:cuts[i + 1]], i * cv.WINDOW_US,
+                                (i + 1) * cv.WINDOW_US, i))
+        t = 10 * cv.WINDOW_US
+        f1, f2, prior = cv.layer_free_energies(spec, net.state, t)
+        ref = compute_readout_numpy(spec, net.state, t).free_energy
+        assert f1 + f2 + prior == pytest.approx(ref, rel=1e-9)
+        assert (f2 != 0.0) is (layers == 2)
+
+
+def test_curve_records_per_layer_free_energy(curve: cv.Curve) -> None:
+    assert curve.f_layers.shape == (curve.events.size, 3)
+    assert np.all(curve.f_layers[:, 1] == 0.0)  # one layer by default
+    np.testing.assert_allclose(curve.f_layers.sum(axis=1), curve.free_energy, rtol=1e-3)

@@ -19,6 +19,14 @@ def test_nb_params_round_trip_mean_and_variance() -> None:
     assert not nb[2]  # var == mean: Poisson
 
 
+def test_a_zero_mean_is_a_point_mass_at_zero_whatever_the_variance() -> None:
+    """mean 0 with var > 0 (no valid negative binomial) gave NaN from count_cdf."""
+    n = np.array([0, 1, 3])
+    np.testing.assert_array_equal(count_cdf(n, np.zeros(3), np.array([0.0, 1e-22, 2.0])),
+                                  [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(count_cdf(n - 1, np.zeros(3), np.full(3, 1e-3)), [0, 1, 1])
+
+
 @pytest.mark.parametrize(("mean", "var"), [(0.2, 0.2), (3.0, 3.0), (3.0, 12.0), (40.0, 400.0)])
 def test_cdf_matches_sampling(mean: float, var: float) -> None:
     rng = np.random.default_rng(1)

@@ -242,11 +242,10 @@ def test_never_reading_subscriber_does_not_block_engine(shared_data: Path, isola
         # publisher's queue is bounded by its high-water mark (hence the drops above)
         assert daemon.pipeline.ring.high_water_events <= cfg.pipeline.queue_size * max(sizes)
     finally:
-        # the daemon before its stalled subscriber: a subscriber disconnecting just before
-        # the publisher's context ends can trip a libzmq assertion (session_base.cpp:233,
-        # libzmq #3442), a shutdown race left open (see the session note)
-        daemon.close()
+        # the stalled subscriber leaves first, as the daemon closes: with multipart messages
+        # (schema 1) this tripped a libzmq assertion (session_base.cpp:233, libzmq #3442)
         lazy.close()
+        daemon.close()
 
 
 def _free_udp_port() -> int:
@@ -462,11 +461,10 @@ def test_default_daemon_keeps_a_healthy_subscriber_fed_next_to_a_stalled_one() -
         daemon.pipeline.stop_event.set()
         if runner.is_alive():
             runner.join(30)
-        # the daemon before its stalled subscriber: a subscriber disconnecting just before
-        # the publisher's context ends can trip a libzmq assertion (session_base.cpp:233,
-        # libzmq #3442), a shutdown race left open (see the session note)
-        daemon.close()
+        # the stalled subscriber leaves first, as the daemon closes: with multipart messages
+        # (schema 1) this tripped a libzmq assertion (session_base.cpp:233, libzmq #3442)
         stalled.close()
+        daemon.close()
 
 
 def test_protocol_doc_control_examples_match_the_daemon() -> None:

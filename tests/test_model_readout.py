@@ -37,6 +37,10 @@ def assert_same_readout(new: Readout, ref: Readout, what: str = "") -> None:
             assert x.shape == y.shape, msg
             scale = max(1.0, float(np.abs(y).max()) if y.size else 1.0)
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6 * scale, err_msg=msg)
+    assert new.count_observed.dtype == ref.count_observed.dtype == np.float32, what
+    np.testing.assert_array_equal(new.count_observed, ref.count_observed, err_msg=what)
+    assert (new.obs_t_start_us, new.obs_t_end_us) == (ref.obs_t_start_us,
+                                                      ref.obs_t_end_us), what
     for name in ("surprise_total", "surprise_z", "free_energy"):
         a, b = getattr(new, name), getattr(ref, name)
         assert a == pytest.approx(b, rel=1e-9, abs=1e-9 * max(1.0, abs(b))), f"{what} {name}"
@@ -209,3 +213,60 @@ def test_log_sum_matches_numpy() -> None:
         w = v.copy()
         w[5] = bad
         assert np.isnan(rk.log_sum(w[None], 0))
+
+
+def histogram(spec: ModelSpec, ev: np.ndarray, t0_us: int, t1_us: int) -> np.ndarray:
+    """Events with t0_us ≤ t < t1_us counted per pooled cell and polarity, (Hp, Wp, 2)."""
+    sel = ev[(ev["t"] >= t0_us) & (ev["t"] < t1_us)]
+    out = np.zeros((*spec.pooled_shape, 2), np.int64)
+    np.add.at(out, (sel["y"].astype(np.int64) // spec.pool,
+                    sel["x"].astype(np.int64) // spec.pool, sel["p"].astype(np.int64)), 1)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_observed_counts_are_the_last_whole_window(backend: str) -> None:
+    """count_observed equals a direct histogram of the events in [obs_t_start_us,
+    obs_t_end_us), the last horizon window ended by the read-out time, at read-out times
+    that do not align with window ends, with events exactly on window edges, through a
+    silence (every column goes off) longer than the rate experts' ``mix_kmax`` windows and
+    a wake-up, on an odd geometry."""
+    spec = ModelSpec(width=61, height=43, pool=3, column=3, k1=4, k2=5, horizon_us=4_000,
+                     tick_us=1_000, mix_taus_us=(20_000, 60_000))  # mix_kmax = 60 windows
+    h = spec.horizon_us
+    busy = bars(61, 43, 30_000, seed=5, noise_rate_hz=20.0)
+    edge = busy[:50].copy()  # events exactly at window edges count in the window they open
+    edge["t"] = 12_000
+    late = noise(61, 43, 10_000, 50.0, seed=7, t0_us=600_000)
+    ev = np.sort(np.concatenate([busy, edge, late]), order="t", kind="stable")
+    rng = np.random.default_rng(0)
+    cuts = sorted({int(c) for c in rng.integers(1, 610_000, 80)} | {12_000, 12_001})
+    net = Network(spec, backend=backend)
+    seen = set()
+    silent = capped = False
+    for b in batches(ev, 0, 610_000, cuts):  # the stream starts on a tick: T = 0 ends [-Δ, 0)
+        r = net.step(b)
+        assert r.obs_t_end_us == (r.t_us // h) * h and r.obs_t_start_us == r.obs_t_end_us - h
+        want = histogram(spec, ev, r.obs_t_start_us, r.obs_t_end_us)
+        assert r.count_observed.shape == r.count_mean.shape
+        np.testing.assert_array_equal(r.count_observed, want, err_msg=f"t={r.t_us}")
+        seen.add(bool(want.any()))
+        silent = silent or not net.state.active.any()
+        capped = capped or net.state.mixage[1] >= 60
+    assert seen == {True, False}  # busy windows and silent ones were both checked
+    assert silent and capped and net.state.active.any()  # all went off (> mix_kmax), woke
+
+
+def test_observed_counts_restart_with_the_stream() -> None:
+    """After a restart of the stream's clock no window has ended: no bounds, zero counts."""
+    from augury.pipeline import restart_stream
+
+    spec = ModelSpec(width=64, height=48)
+    net = Network(spec)
+    ev = bars(64, 48, 30_000, seed=1)
+    r = net.step(windows(ev, 0, 30_000, 30_000)[0])
+    assert r.count_observed.sum() == len(ev[(ev["t"] >= 20_000) & (ev["t"] < 30_000)]) > 0
+    restart_stream(net)
+    r = net.readout()
+    assert (r.obs_t_start_us, r.obs_t_end_us) == (None, None)
+    assert not r.count_observed.any()

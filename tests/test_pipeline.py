@@ -302,3 +302,46 @@ def test_a_bare_pipeline_wired_to_a_control_server_checks_every_command() -> Non
         control.close()
         p.publisher.close(linger=0)
         source.close()
+
+
+def test_published_observed_counts_are_a_histogram_of_the_window_they_name() -> None:
+    """Every ``prediction`` carries count_observed, the events the network was fed in
+    [observed_t_start_us, observed_t_end_us): equal to a direct histogram of those events,
+    at publication times (every 7 ms of stream) that mostly fall between window ends."""
+    daemon = _daemon(**{"publish.rate_ms": 7.0})
+    p = daemon.pipeline
+    net = p.network
+    fed: list[np.ndarray] = []
+    real_advance = net.advance
+    net.advance = lambda b: fed.append(b.events.copy()) or real_advance(b)  # type: ignore
+    sent: list[tuple[dict, dict, int]] = []
+    real_publish = p.publisher.publish
+
+    def publish(topic, arrays, meta, **kw):  # type: ignore[no-untyped-def]
+        if topic == "prediction":
+            sent.append(({k: v.copy() for k, v in arrays.items()}, dict(meta),
+                         kw["stream_time_us"]))
+        return real_publish(topic, arrays, meta, **kw)
+
+    p.publisher.publish = publish  # type: ignore[method-assign]
+    try:
+        p.run()
+    finally:
+        daemon.close()
+    spec = net.spec
+    ev = np.concatenate(fed)
+    h = spec.horizon_us
+    unaligned = 0
+    for arrays, meta, t_us in sent:
+        obs = arrays["count_observed"]
+        assert obs.shape == arrays["count_mean"].shape == (*spec.pooled_shape, 2)
+        assert obs.dtype == np.float32
+        lo, hi = meta["observed_t_start_us"], meta["observed_t_end_us"]
+        assert hi == t_us // h * h and lo == hi - h
+        unaligned += t_us % h != 0
+        sel = ev[(ev["t"] >= lo) & (ev["t"] < hi)]
+        want = np.zeros(obs.shape, np.int64)
+        np.add.at(want, (sel["y"] // spec.pool, sel["x"] // spec.pool, sel["p"]), 1)
+        np.testing.assert_array_equal(obs, want, err_msg=f"t={t_us}")
+    assert len(sent) >= 30 and unaligned >= len(sent) // 2
+    assert sum(a["count_observed"].sum() for a, _, _ in sent) > 0

@@ -32,3 +32,28 @@ def test_stable_width() -> None:
     labels = ["divergent", "stable", "stable", "stable", "oscillating"]
     assert sb.stable_width([1, 2, 4, 8, 16], labels, 4) == 4.0
     assert sb.stable_width([1, 2, 4, 8, 16], labels, 16) == 0.0
+
+
+def test_long_run_with_noise_stays_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    """--long in miniature (6 loops, 2.4 M events with 5 % fresh noise per loop): finite,
+    weights inside their bounds, weight change shrinking, spike rate not blowing up."""
+    sb.main(["--long", "2e6"])
+    head = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert head["class"] == "stable" and head["finite"]
+    assert head["w_max"] <= 4.0
+    assert head["dw_first_last"][1] < 0.5 * head["dw_first_last"][0]
+    assert head["spikes_per_event_second_half"][1] < 2 * head["spikes_per_event_first"]
+
+
+def test_noisy_loop_adds_fresh_noise_inside_the_loop() -> None:
+    import numpy as np
+
+    base = np.zeros(1000, dtype=[("t", "<i8"), ("x", "<u2"), ("y", "<u2"), ("p", "u1")])
+    base["t"] = np.arange(1000) * 10
+    rng = np.random.default_rng(0)
+    a = sb.noisy_loop(base, 32, 24, 3, 10_000, rng)
+    b = sb.noisy_loop(base, 32, 24, 3, 10_000, rng)
+    assert a.size == 1050 and np.all(np.diff(a["t"]) >= 0)
+    assert a["t"].min() >= 30_000 and a["t"].max() < 40_000
+    assert a["x"].max() < 32 and a["y"].max() < 24
+    assert not np.array_equal(a, b)  # every loop draws its own noise

@@ -23,10 +23,11 @@ import numpy as np
 
 def nb_params(mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(r, p) of the negative binomial with this mean and variance; r = inf (Poisson) where
-    var ≤ mean (1 + 1e-9). Shapes broadcast; float64."""
+    var ≤ mean (1 + 1e-9) or mean ≤ 0 (a point mass at 0, whatever the variance says).
+    Shapes broadcast; float64."""
     m = np.asarray(mean, np.float64)
     v = np.maximum(np.asarray(var, np.float64), m)
-    over = v > m * (1.0 + 1e-9)
+    over = (v > m * (1.0 + 1e-9)) & (m > 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(over, m * m / (v - m), np.inf)
         p = np.where(over, m / v, 1.0)

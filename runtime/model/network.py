@@ -58,6 +58,13 @@ class Readout:
     rate_hz: count_mean / Δ in events/s (the predicted event rate), same shape.
     rate_var: (count_var − count_mean) / Δ², (events/s)²: the variance of the rate in the
       Poisson-Gamma reading (count ~ Poisson(λΔ), λ with this variance), kept from schema 1.
+    count_observed: the events the network processed in the last whole horizon window
+      [obs_t_start_us, obs_t_end_us) per pooled cell and polarity, shape (Hp, Wp, 2), the
+      layout of count_mean (integers, exact in float32 below 2²⁴): what the rate experts
+      counted (``State.nlast``), not a second count. ``observed_window`` defines the window.
+    obs_t_start_us, obs_t_end_us: that window in stream µs, obs_t_end_us = ⌊t_us/Δ⌋·Δ and
+      obs_t_start_us = obs_t_end_us − Δ; both None (and count_observed all 0) while no
+      window has ended since the stream (re)started.
     surprise_map: Σ ½ π e² of layer-1 errors per column, shape (rows1, cols1);
     surprise_zmap: each active column's surprise as a z-score against its own running
     baseline (mean and variance at horizon ticks), 0 in silent columns, shape (rows1, cols1);
@@ -74,6 +81,9 @@ class Readout:
     rate_var: np.ndarray
     count_mean: np.ndarray
     count_var: np.ndarray
+    count_observed: np.ndarray
+    obs_t_start_us: int | None
+    obs_t_end_us: int | None
     surprise_map: np.ndarray
     surprise_zmap: np.ndarray
     surprise_total: float
@@ -377,13 +387,16 @@ def compute_readout(spec: ModelSpec, st: State, t_us: int) -> Readout:
     count_var = np.empty_like(rate_hz)
     rk.mixture_maps(rate_hz, st.Lmix, st.Lglob, st.mprev, st.odisp, float(spec.mix_share),
                     spec.column, c1, spec.horizon_us * 1e-6, rate_var, count_mean, count_var)
+    count_obs = np.zeros_like(rate_hz)
+    rk.observed_map(st.nlast, spec.column, c1, count_obs)
     counts = {name: a.reshape(hp, wp, 2) for name, a in (
         ("rate_hz", rate_hz), ("rate_var", rate_var), ("count_mean", count_mean),
-        ("count_var", count_var))}
+        ("count_var", count_var), ("count_observed", count_obs))}
     s_map = s_col.reshape(r1, c1)
     mean, bvar = float(st.baseline[0]), float(st.baseline[1])
     return Readout(
-        t_us=int(t_us), mu=mu, sigma=sigma, **counts, surprise_map=s_map,
+        t_us=int(t_us), mu=mu, sigma=sigma, **counts,
+        **observed_window(spec, st, t_us), surprise_map=s_map,
         surprise_zmap=column_zscores(spec, st, s_col),
         surprise_total=float(total),
         surprise_z=(total - mean) / float(np.sqrt(bvar + 1e-12)), free_energy=float(fe),
@@ -401,6 +414,29 @@ def _count_maps(spec: ModelSpec, st: State, t_us: int,
             "rate_var": column_to_map(spec, (var - mean) / dt_s**2).astype(np.float32),
             "count_mean": column_to_map(spec, mean).astype(np.float32),
             "count_var": column_to_map(spec, var).astype(np.float32)}
+
+
+def observed_window(spec: ModelSpec, st: State, t_us: int) -> dict[str, int | None]:
+    """The window whose counts ``State.nlast`` holds at stream time t_us (µs), as
+    {"obs_t_start_us": T − Δ, "obs_t_end_us": T} with T = ⌊t_us/Δ⌋·Δ, Δ = horizon_us.
+
+    Why it is that window: a horizon tick T runs once every event with t < T has been seen
+    and before any event at t ≥ T (``kernels.run_batch`` runs the ticks T ≤ t_end at the end
+    of a batch, and an event at t = T after tick T), and the rate experts then move the
+    window's count ``ncnt`` into ``nlast``: nlast holds the events with T − Δ ≤ t < T of
+    the last tick T ≤ t_us. Silent windows after the stream falls silent are processed at
+    the end of the batch (``kernels._catch_up``); beyond ``mix_kmax`` of them no tick runs,
+    but nlast is then already 0, the true count of every later window. The read-out
+    times need not align with window ends: between two ticks the counts stay those of the
+    window that ended last. The first window after a (re)start of the stream can begin
+    before the stream did; it then holds only the events from the stream's start on. Both
+    values are None while no horizon tick has run since the (re)start (``mixage[0]`` = 0).
+    """
+    if st.mixage[0] == 0:
+        return {"obs_t_start_us": None, "obs_t_end_us": None}
+    h = spec.horizon_us
+    end = (int(t_us) // h) * h
+    return {"obs_t_start_us": end - h, "obs_t_end_us": end}
 
 
 def column_zscores(spec: ModelSpec, st: State, s_col: np.ndarray) -> np.ndarray:
@@ -441,6 +477,8 @@ def compute_readout_numpy(spec: ModelSpec, st: State, t_us: int) -> Readout:
         sigma=[np.sqrt(v).reshape(s).astype(np.float32) for v, s in zip(var, shapes,
                                                                           strict=True)],
         **_count_maps(spec, st, t_us, xp),
+        count_observed=column_to_map(spec, st.nlast).astype(np.float32),
+        **observed_window(spec, st, t_us),
         surprise_map=s_col.reshape(spec.grid1).astype(np.float32),
         surprise_zmap=column_zscores(spec, st, s_col),
         surprise_total=total,

@@ -491,3 +491,29 @@ def mixture_maps(rate_hz: np.ndarray, lmix: np.ndarray, lglob: np.ndarray, mprev
                         count_var[y, xi] = var
                         rate_hz[y, xi] = mean / horizon_s
                         rate_var[y, xi] = (var - mean) / (horizon_s * horizon_s)
+
+
+@_kernel
+def observed_map(nlast: np.ndarray, column: int, cols1: int, count_obs: np.ndarray) -> None:
+    """The observed counts of the last whole horizon window on the published grid.
+
+    In: nlast (n1, D1) float64, each channel's event count in the last completed window
+    (``State.nlast``, set by the rate experts at every horizon tick). Writes count_obs
+    (Hp, 2·Wp) float32: cell (y, x), polarity p at [y, 2x + p] (channel 0 OFF, 1 ON), the
+    layout of ``count_mean``; cells of edge columns beyond the pooled grid are not written.
+    The NumPy twin is ``network.column_to_map``.
+    """
+    hp, w2 = count_obs.shape
+    wp = w2 // 2
+    rows1 = -(-hp // column)
+    for cy in range(rows1):
+        for r in range(column):
+            y = cy * column + r
+            if y >= hp:
+                break
+            for cx in range(cols1):
+                j = cy * cols1 + cx
+                x0 = cx * column
+                n = min(column, wp - x0)
+                for i in range(2 * n):
+                    count_obs[y, 2 * x0 + i] = nlast[j, r * column * 2 + i]

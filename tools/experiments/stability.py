@@ -30,6 +30,14 @@ as the stable values are contiguous). Output: the maps as Markdown tables, a PNG
 (``docs/figures/stability.png``), with ``--write-docs`` the tables in docs/results.md between
 ``stability`` markers; the last line is one JSON object. ``--quick``: a 3 × 3 α × q map over
 three loops (< 1 min).
+
+``--long N``: instead of the maps, one run of the default spec over N events (10⁸ for the
+issue's long run) of the rotating disk looped with fresh noise in every loop (``NOISE_SHARE``
+of extra events, uniform in space, time and polarity), streamed loop by loop so that memory
+stays that of one loop; per loop it records the weight change, the largest |W¹|, the precision
+range, the largest belief and the error spikes per input event, writes
+``docs/figures/stability_long.png`` with ``--write-docs`` (block ``stability_long``) and
+classifies the run like a map cell.
 """
 
 from __future__ import annotations
@@ -121,6 +129,134 @@ def run_setting(ev: np.ndarray, w: int, h: int, period: int,
     return Run(label, dw, spikes, w_max, pi, mu_max, finite)
 
 
+NOISE_SHARE = 0.05
+"""Noise events added to every loop of the long run, as a share of the loop's events."""
+
+
+@dataclass
+class LongRun:
+    """Per loop of the long run: events so far, weight change, bounds, spikes per event."""
+
+    events: list[int]
+    dw: list[float]
+    w_max: list[float]
+    pi_min: list[float]
+    pi_max: list[float]
+    mu_max: list[float]
+    spikes_per_event: list[float]
+    finite: bool
+    seconds: float
+
+
+def noisy_loop(base: np.ndarray, w: int, h: int, k: int, period: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """Loop k of ``base`` (times shifted by k · period µs) with NOISE_SHARE fresh noise."""
+    n = int(round(NOISE_SHARE * base.size))
+    noise = np.zeros(n, base.dtype)
+    noise["t"] = rng.integers(0, period, n)
+    noise["x"], noise["y"], noise["p"] = rng.integers(0, w, n), rng.integers(0, h, n), \
+        rng.integers(0, 2, n)
+    out = np.concatenate([base, noise])
+    out = out[np.argsort(out["t"], kind="stable")]
+    out["t"] += k * period
+    return out
+
+
+def run_long(n_events: int, over: dict[str, object], seed: int = 0) -> LongRun:
+    """The default spec over ``n_events`` events of the noisy looped rotating disk."""
+    from augury.adapters import open_source
+
+    with open_source(RECORDINGS["rotdisk"]) as src:
+        base = src.read_all().copy()
+        w, h = src.geometry.width, src.geometry.height
+    base["t"] -= base["t"][0]
+    period = -(-(int(base["t"][-1]) + 1) // WINDOW_US) * WINDOW_US  # whole windows per loop
+    spec = ModelSpec.from_dict({"width": w, "height": h, "pool": 0, **over, "seed": seed})
+    net = Network(spec)
+    rng = np.random.default_rng(seed)
+    out = LongRun([], [], [], [], [], [], [], True, 0.0)
+    t0 = time.time()
+    seen = 0
+    k = 0
+    per_loop = period // WINDOW_US
+    while seen < n_events:
+        ev = noisy_loop(base, w, h, k, period, rng)
+        edges = np.searchsorted(ev["t"], k * period + np.arange(per_loop + 1) * WINDOW_US)
+        w0 = net.state.W1.copy()
+        sp = 0
+        mu_max = 0.0
+        for i in range(per_loop):
+            part = ev[edges[i]:edges[i + 1]]
+            r = net.step(EventBatch(part, k * period + i * WINDOW_US,
+                                    k * period + (i + 1) * WINDOW_US, k * per_loop + i))
+            sp += r.spikes_up
+            if r.mu[0].size:
+                mu_max = max(mu_max, float(np.max(r.mu[0])))
+        seen += ev.size
+        st = net.state
+        out.finite = all(np.all(np.isfinite(a)) for a in st if a.dtype.kind == "f")
+        if not out.finite:
+            break
+        out.events.append(seen)
+        out.dw.append(float(np.linalg.norm(st.W1 - w0)))
+        out.w_max.append(float(np.max(np.abs(st.W1))))
+        out.pi_min.append(float(np.min(st.pi1)))
+        out.pi_max.append(float(np.max(st.pi1)))
+        out.mu_max.append(mu_max)
+        out.spikes_per_event.append(sp / max(ev.size, 1))
+        k += 1
+        if k % 25 == 0:
+            print(f"long run: {seen:,} events, {time.time() - t0:.0f} s, max W "
+                  f"{out.w_max[-1]:.3f}, pi [{out.pi_min[-1]:.3g}, {out.pi_max[-1]:.3g}], "
+                  f"spikes/event {out.spikes_per_event[-1]:.3f}", flush=True)
+    out.seconds = time.time() - t0
+    return out
+
+
+def long_summary(r: LongRun) -> dict[str, object]:
+    """Class and bounds of the long run (bounds over its second half and over all of it)."""
+    half = len(r.events) // 2
+    label = classify(r.dw or [np.nan], r.spikes_per_event or [np.nan],
+                     max(r.mu_max, default=np.nan), r.finite)
+    return {"class": label, "events": r.events[-1] if r.events else 0, "loops": len(r.events),
+            "finite": r.finite, "w_max": max(r.w_max, default=np.nan),
+            "pi_range": [min(r.pi_min, default=np.nan), max(r.pi_max, default=np.nan)],
+            "mu_max": max(r.mu_max, default=np.nan),
+            "spikes_per_event_first": r.spikes_per_event[0] if r.spikes_per_event else None,
+            "spikes_per_event_second_half": [float(np.min(r.spikes_per_event[half:])),
+                                             float(np.max(r.spikes_per_event[half:]))]
+            if r.spikes_per_event else None,
+            "dw_first_last": [r.dw[0], r.dw[-1]] if r.dw else None,
+            "seconds": round(r.seconds)}
+
+
+def long_figure(r: LongRun, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.asarray(r.events, float)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    axes[0].plot(x, r.dw)
+    axes[0].set_ylabel("‖ΔW¹‖ per loop")
+    axes[1].plot(x, r.w_max, label="max |W¹|")
+    axes[1].plot(x, r.mu_max, label="max belief μ")
+    axes[1].legend(fontsize=7)
+    axes[2].semilogy(x, r.pi_min, label="min π")
+    axes[2].semilogy(x, r.pi_max, label="max π")
+    axes[2].legend(fontsize=7)
+    axes[3].plot(x, r.spikes_per_event)
+    axes[3].set_ylabel("error spikes per input event")
+    for ax in axes:
+        ax.set_xlabel("events seen")
+    fig.suptitle("default spec, rotating disk looped with 5 % fresh noise per loop", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def stable_width(values: list[float], labels: list[str], default: float) -> float:
     """Largest / smallest value of the contiguous stable run through ``default`` (0 if the
     default itself is not stable)."""
@@ -178,11 +314,35 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="3 × 3 α × q over 3 loops")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--events", type=int, default=None, help="events per setting (10 M)")
+    ap.add_argument("--long", type=float, default=None, metavar="N",
+                    help="one default run over N events with noise (1e8 for the issue)")
     add_spec_argument(ap)
     a = ap.parse_args(argv)
     if not RECORDINGS["rotdisk"].exists():
         raise SystemExit(f"{RECORDINGS['rotdisk']} is missing (../shared/data is needed)")
     base = spec_overrides(a.spec)
+    if a.long:
+        r = run_long(int(a.long), base)
+        head = long_summary(r)
+        text = (f"Long run: {head['events']:,} events ({head['loops']} loops of the rotating "
+                f"disk, {NOISE_SHARE:.0%} fresh noise per loop), default spec: **{head['class']}**"
+                f". max |W¹| {head['w_max']:.3f} (w_max 4), precisions in "
+                f"[{head['pi_range'][0]:.3g}, {head['pi_range'][1]:.3g}], largest belief "
+                f"{head['mu_max']:.3g}, error spikes per event "
+                f"{head['spikes_per_event_first']:.3f} "
+                f"in the first loop and {head['spikes_per_event_second_half'][0]:.3f}–"
+                f"{head['spikes_per_event_second_half'][1]:.3f} over the second half, weight "
+                f"change per loop {head['dw_first_last'][0]:.3g} → {head['dw_first_last'][1]:.3g}"
+                f" ({head['seconds']} s).")
+        print(text)
+        if a.write_docs:
+            long_figure(r, DOC / "figures" / "stability_long.png")
+            n = f"{a.long:.0e}".replace("e+0", "e")
+            write_block("stability_long", "Stability of online learning", text,
+                        f"python -m tools.experiments.stability --long {n}",
+                        "figures/stability_long.png")
+        print(json.dumps(head))
+        return
     n_events = a.events or (3 * 374_296 if a.quick else 10_000_000)
     ev, w, h, period = load("rotdisk", n_events)
     assert period is not None
