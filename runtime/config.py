@@ -7,7 +7,8 @@ Sections and keys (defaults in the dataclasses below)::
                  ``model.KEY`` and the file); width/height come from the source
     [publish]    endpoint (ZeroMQ), rate_ms (ms between read-outs), hwm (messages),
                  isolate_slow_subscribers (bool, default true; see augury.publish and
-                 docs/protocol.md)
+                 docs/protocol.md), dictionary_s (s of wall time between two
+                 ``dictionary`` messages, the layer-1 weights; 0: never)
     [control]    endpoint (ZeroMQ, or "none": no control channel), curve_keys_dir (unset: no
                  CURVE; else server keys there, created on first start)
     [checkpoint] dir (unset: no checkpoints), every_s (s), keep (files)
@@ -147,6 +148,7 @@ class PublishConfig:
     rate_ms: float = _f(50.0, _Rule(float, lo=0.0, lo_open=True, hi=3_600_000, unit="ms"))
     hwm: int = _f(100, _Rule(int, lo=1, hi=1_000_000, unit="messages"))
     isolate_slow_subscribers: bool = _f(True, _Rule(bool))
+    dictionary_s: float = _f(5.0, _Rule(float, lo=0.0, hi=86_400, unit="s of wall time; 0: off"))
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0) -> Daemon:
             pace=cfg.source.pace,
             speed=cfg.source.speed,
             wait_subscriber_s=wait_subscriber_s,
+            dictionary_every_s=cfg.publish.dictionary_s,
         )
         # the pipeline registers its control commands (arguments checked) on ``control``
         pipeline = Pipeline(source, network, publisher, options, control=control,

@@ -162,7 +162,7 @@ class DashboardServer:
             await ws.send_str(_dumps({"type": "hello", "daemon": self.options.daemon,
                                       "control": self.options.control,
                                       "stall_s": self.options.stall_s}))
-            cursor, maps_version, seen = -1, -1, -1
+            cursor, maps_version, dict_version, seen = -1, -1, -1, -1
             period = 1.0 / self.options.push_hz
             idle = 0.0
             while not ws.closed and not self.stop_event.is_set():
@@ -172,8 +172,9 @@ class DashboardServer:
                 if self.state.version == seen and idle < 0.5:
                     continue
                 seen, idle = self.state.version, 0.0
-                update = self.state.payload(cursor, maps_version)
+                update = self.state.payload(cursor, maps_version, dict_version)
                 cursor, maps_version = update["cursor"], update["maps_version"]
+                dict_version = update["dictionary_version"]
                 try:
                     await ws.send_str(_dumps(update))
                 except (ConnectionError, RuntimeError):

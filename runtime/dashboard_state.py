@@ -14,6 +14,10 @@ Maps (pooled grid, rows × cols, row 0 at the top), sent as base64 little-endian
 * ``uncertainty``: predictive sd of the count, √(Σ_polarity ``count_var``) (events);
 * ``surprise_z``: per-column surprise z-score (``surprise.zmap``, sd).
 
+The layer-1 dictionary (``dictionary`` topic, every few seconds) is kept apart from the maps
+and resent only when a newer one arrived: ``w_l1`` (K1, column, column, 2) as base64
+float32 with its colour range, plus its age on the dashboard's clock in every update.
+
 Time series (one point per ``prediction`` or ``stats`` message):
 
 * forecast log-likelihood per event (nats) of the model's Δ-ahead count map and of
@@ -80,6 +84,31 @@ def encode_map(a: np.ndarray, *, symmetric: bool = False) -> dict[str, Any]:
     data = np.ascontiguousarray(m, dtype="<f4").tobytes()
     return {"rows": int(m.shape[0]), "cols": int(m.shape[1]),
             "b64": base64.b64encode(data).decode("ascii"), "lo": lo, "hi": hi}
+
+
+def encode_dictionary(msg: Any) -> dict[str, Any] | None:
+    """The page's form of a ``dictionary`` message, or None if it carries no ``w_l1``.
+
+    Returns {"k1", "column", "pool", "shared", "columns", "every_s", "learning", "t_us",
+    "seq", "b64" (``w_l1`` float32 LE, C order (K1, column, column, 2): atom, row, col,
+    polarity 0 OFF / 1 ON), "lo", "hi" (colour range: min(0, min w) .. max w, weight units),
+    "sd_median" (median posterior sd √s² of the weights, or None)}.
+    """
+    w = msg.arrays.get("w_l1")
+    if w is None or w.ndim != 4 or w.shape[3] != 2 or w.shape[1] != w.shape[2]:
+        return None
+    w = np.nan_to_num(np.asarray(w, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    var = msg.arrays.get("w_var_l1")
+    sd = None if var is None or var.shape != w.shape else float(
+        np.median(np.sqrt(np.maximum(np.asarray(var, np.float64), 0.0))))
+    meta = msg.meta
+    return {"k1": int(w.shape[0]), "column": int(w.shape[1]), "pool": meta.get("pool"),
+            "shared": meta.get("shared", True), "columns": meta.get("columns"),
+            "every_s": meta.get("every_s"), "learning": meta.get("learning"),
+            "t_us": msg.stream_time_us, "seq": msg.seq,
+            "b64": base64.b64encode(np.ascontiguousarray(w, "<f4").tobytes()).decode("ascii"),
+            "lo": min(0.0, float(w.min())) if w.size else 0.0,
+            "hi": float(w.max()) if w.size else 0.0, "sd_median": sd}
 
 
 def polarity_sum(a: np.ndarray) -> np.ndarray:
@@ -230,6 +259,9 @@ class DashboardState:
         self._last_seq: dict[str, int] = {}
         self._stats: dict[str, Any] = {}
         self._prediction_meta: dict[str, Any] = {}
+        self._dictionary: dict[str, Any] | None = None
+        self._dictionary_s: float | None = None  # when it arrived (clock s)
+        self._dictionary_version = 0
         self.control: dict[str, Any] = {"reachable": False, "status": None}
         self.version = 0
         """Bumped on every ingested message (the server wakes its clients on it)."""
@@ -265,6 +297,11 @@ class DashboardState:
                 self._ingest_surprise(msg)
             elif msg.topic == "stats":
                 self._ingest_stats(msg)
+            elif msg.topic == "dictionary":
+                enc = encode_dictionary(msg)
+                if enc is not None:
+                    self._dictionary, self._dictionary_s = enc, now
+                    self._dictionary_version += 1
             self.version += 1
 
     def _ingest_prediction(self, msg: Any) -> None:
@@ -339,9 +376,12 @@ class DashboardState:
                 "restarts": link.restarts, "stream_t": None if link.last_stream_us is None
                 else link.last_stream_us / 1e6}
 
-    def payload(self, cursor: int = -1, maps_version: int = -1) -> dict[str, Any]:
+    def payload(self, cursor: int = -1, maps_version: int = -1,
+                dictionary_version: int = -1) -> dict[str, Any]:
         """The page's update: points with index > cursor; maps only if newer than
-        ``maps_version``. Returns the new cursor and maps version in the object."""
+        ``maps_version``, the dictionary only if newer than ``dictionary_version``. Returns
+        the new cursor and versions in the object, and ``dictionary_age_s`` (seconds since
+        the newest dictionary arrived; None before the first)."""
         with self._lock:
             points = [p for p in self._points if p["i"] > cursor]
             out: dict[str, Any] = {
@@ -350,7 +390,12 @@ class DashboardState:
                 "forecast_note": self._scorer.note, "alarm_z": self.alarm_z,
                 "points": points, "cursor": self._next_point - 1,
                 "maps_version": self._maps_version,
+                "dictionary_version": self._dictionary_version,
+                "dictionary_age_s": None if self._dictionary_s is None
+                else self._clock() - self._dictionary_s,
             }
             if self._maps_version != maps_version:
                 out["maps"] = dict(self._maps)
+            if self._dictionary is not None and self._dictionary_version != dictionary_version:
+                out["dictionary"] = self._dictionary
             return out

@@ -10,6 +10,11 @@ Threads (DESIGN §1):
   subscriber loses messages, never stalls the engine) and hands state copies to the
   checkpoint manager's background writer, so that a slow disk never stalls it either.
 
+The layer-1 dictionary (``dictionary`` topic: the learned weights W¹ as K1 receptive fields)
+is published on a wall-clock schedule instead, once right after start and then every
+``dictionary_every_s`` seconds (also while the source is quiet), because it changes slowly
+and a viewer wants it refreshed every few seconds whatever the stream's pace.
+
 The read-out (beliefs, σ, predicted rates, surprise) is computed only when it is published
 or every ``check_every_us`` of stream time; a state found non-finite there is rolled back
 to the last good copy (kept every ``good_every_s`` seconds) and counted; the daemon keeps
@@ -43,8 +48,9 @@ from augury.control_commands import (
 from augury.events import EventBatch
 from augury.model.compat import reconcile
 from augury.model.network import Network, Readout
+from augury.model.spec import ModelSpec
 from augury.model.state import K_STARTED, LEARNED, init_state
-from augury.publish import Publisher
+from augury.publish import TOPIC_DICTIONARY, Publisher
 
 log = logging.getLogger("augury.pipeline")
 
@@ -84,7 +90,9 @@ class PipelineOptions:
     reconnected, a new sender session, a recording replayed again, a resume):
     the network keeps what it learned, restarts its fast state (traces, beliefs, clock) at
     the new time and goes on (counted in ``stream_restarts``); smaller steps back (after a
-    queue drop) are trimmed or skipped as stale.
+    queue drop) are trimmed or skipped as stale. dictionary_every_s: wall-clock seconds
+    between two ``dictionary`` messages (the layer-1 weights), the first one right after
+    start; 0 disables the topic.
     """
 
     batch_us: int = 10_000
@@ -97,6 +105,7 @@ class PipelineOptions:
     check_every_us: int = 100_000
     wait_subscriber_s: float = 0.0
     restart_after_us: int = 1_000_000
+    dictionary_every_s: float = 5.0
 
 
 @dataclass
@@ -171,6 +180,49 @@ def readout_messages(
     ]
 
 
+def dictionary_message(spec: ModelSpec, w1: np.ndarray, s1: np.ndarray | None = None,
+                       *, every_s: float | None = None
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The ``dictionary`` message (arrays, meta): the layer-1 weights as K1 receptive fields.
+
+    w1: W¹ of the state, (nW1, D1, K1) with D1 = column·column·2 and nW1 = 1 (weights shared
+    by every column) or n1 (``per_column_weights``); s1: their posterior variance s²,
+    same shape, or None. Returns ``w_l1`` (float32, (K1, column, column, 2)): atom k's weight
+    on the pooled cell (row, col) of a column (row 0 at the top) and polarity p (0 OFF,
+    1 ON), in trace units per unit of belief (events); ``w_var_l1`` (float32, same layout,
+    weight²) when s1 is given. Channel d of a column is cell (d // 2 // column,
+    d // 2 % column), polarity d % 2: the order of ``augury.model.network.column_to_map``.
+    With per-column weights both are the mean over the n1 columns (meta ``shared`` false,
+    ``aggregate`` "mean_over_columns"). Meta: ``k1``, ``column``, ``pool`` (sensor px per
+    cell side), ``shared``, ``aggregate``, ``columns`` (nW1), ``w_max`` (the weights' soft
+    bound), ``every_s`` (the publication period, s) when given.
+    """
+    c = spec.column
+    w1 = np.asarray(w1)
+    expected = (spec.n1 if spec.per_column_weights else 1, spec.d1, spec.k1)
+    if w1.shape != expected:
+        raise ValueError(f"W1 must have shape {expected} (nW1, D1, K1), got {w1.shape}")
+
+    def atoms(w: np.ndarray) -> np.ndarray:
+        mean = w[0] if w.shape[0] == 1 else w.mean(axis=0)  # (D1, K1)
+        return np.ascontiguousarray(mean.T.reshape(spec.k1, c, c, 2), dtype=np.float32)
+
+    arrays = {"w_l1": atoms(w1)}
+    if s1 is not None:
+        if np.shape(s1) != expected:
+            raise ValueError(f"S1 must have the shape of W1 {expected}, got {np.shape(s1)}")
+        arrays["w_var_l1"] = atoms(np.asarray(s1))
+    shared = w1.shape[0] == 1
+    meta: dict[str, Any] = {
+        "k1": spec.k1, "column": c, "pool": spec.pool, "shared": shared,
+        "aggregate": "none" if shared else "mean_over_columns", "columns": int(w1.shape[0]),
+        "layout": "k,row,col,polarity", "units": "trace per unit belief (events)",
+        "w_max": spec.w_max}
+    if every_s is not None:
+        meta["every_s"] = every_s
+    return arrays, meta
+
+
 def readout_is_finite(r: Readout) -> bool:
     """True if every published number of the read-out is finite."""
     arrays = [*r.mu, *r.sigma, r.rate_hz, r.rate_var, r.count_mean, r.count_var,
@@ -215,6 +267,7 @@ class Pipeline:
         self._clock_epoch: int | None = None
         self._pending_arrivals: list[int] = []
         self.publish_every_us = options.publish_every_us
+        self._next_dictionary_s = 0.0  # monotonic s; 0: due at the next chance
         if control is not None:
             control.handlers.update(self.control_handlers())
 
@@ -313,6 +366,7 @@ class Pipeline:
             else:
                 self.network.reset()
                 self._good = None  # the roll-back copy holds what was just reset
+                self._next_dictionary_s = 0.0  # show the forgotten weights at once
             log.info("control: reset %s", what)
             return {"reset": what}
 
@@ -440,6 +494,25 @@ class Pipeline:
                                sensor_time_us=sensor_time_us)
         m.published += 1
 
+    def _maybe_publish_dictionary(self) -> None:
+        """Publish the ``dictionary`` topic when its wall-clock time has come (engine thread).
+
+        Skipped (and tried again 0.1 s later) while W1 is not finite: the health check of
+        the read-out rolls such a state back.
+        """
+        every = self.options.dictionary_every_s
+        now = time.monotonic()
+        if every <= 0 or now < self._next_dictionary_s:
+            return
+        st = self.network.state
+        if not np.isfinite(st.W1).all():
+            self._next_dictionary_s = now + min(every, 0.1)
+            return
+        arrays, meta = dictionary_message(self.network.spec, st.W1, st.S1, every_s=every)
+        meta["learning"] = self.network.learning
+        self.publisher.publish(TOPIC_DICTIONARY, arrays, meta, stream_time_us=self.network.t_us)
+        self._next_dictionary_s = now + every
+
     def run(self, *, max_batches: int | None = None) -> Metrics:
         """Run until the source ends, ``stop_event`` is set or ``max_batches`` are stepped."""
         deadline = time.monotonic() + self.options.wait_subscriber_s
@@ -452,10 +525,12 @@ class Pipeline:
         self._clock_epoch = None  # each run reads its source from the start: a new clock
         self._reader.start()
         self._next_check_us = 0
+        self._next_dictionary_s = 0.0  # once right after start
         try:
             while not self.stop_event.is_set():
                 if self.control is not None:
                     self.control.poll(0)
+                self._maybe_publish_dictionary()
                 item = self.ring.get(timeout=0.02)
                 if item is None:
                     if self._reader_done.is_set() and len(self.ring) == 0:

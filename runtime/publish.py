@@ -60,8 +60,11 @@ TOPIC_BELIEFS = "beliefs"
 TOPIC_PREDICTION = "prediction"
 TOPIC_SURPRISE = "surprise"
 TOPIC_STATS = "stats"
-TOPICS: tuple[str, ...] = (TOPIC_BELIEFS, TOPIC_PREDICTION, TOPIC_SURPRISE, TOPIC_STATS)
-"""The topics the daemon publishes; any other non-empty topic name is allowed too."""
+TOPIC_DICTIONARY = "dictionary"
+TOPICS: tuple[str, ...] = (TOPIC_BELIEFS, TOPIC_PREDICTION, TOPIC_SURPRISE, TOPIC_STATS,
+                           TOPIC_DICTIONARY)
+"""The topics the daemon publishes (``dictionary``, the layer-1 weights, only every few
+seconds of wall time); any other non-empty topic name is allowed too."""
 
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5556"
 

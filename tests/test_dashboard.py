@@ -126,6 +126,34 @@ def test_state_tracks_gaps_restarts_stall_and_instantaneous_rates() -> None:
     assert st.link_status()["restarts"] == 1 and st.link_status()["state"] == "live"
 
 
+def test_state_keeps_the_newest_dictionary_sends_it_once_and_reports_its_age() -> None:
+    import base64
+
+    now = [50.0]
+    st = DashboardState(clock=lambda: now[0])
+    p = st.payload()
+    assert "dictionary" not in p and p["dictionary_age_s"] is None
+    w = np.zeros((3, 4, 4, 2), np.float32)
+    w[2, 1, 3, 1] = 2.5
+    meta = {"k1": 3, "column": 4, "pool": 8, "shared": True, "columns": 1, "every_s": 5.0,
+            "learning": True}
+    st.ingest(_msg("dictionary", 0, 0, {"w_l1": w, "w_var_l1": np.full_like(w, 0.04)}, meta))
+    now[0] += 2.0
+    p = st.payload()
+    d = p["dictionary"]
+    back = np.frombuffer(base64.b64decode(d["b64"]), "<f4").reshape(3, 4, 4, 2)
+    np.testing.assert_array_equal(back, w)
+    assert (d["k1"], d["column"], d["lo"], d["hi"]) == (3, 4, 0.0, 2.5)
+    assert d["sd_median"] == pytest.approx(0.2) and d["every_s"] == 5.0
+    assert p["dictionary_age_s"] == pytest.approx(2.0)
+    again = st.payload(p["cursor"], p["maps_version"], p["dictionary_version"])
+    assert "dictionary" not in again and again["dictionary_age_s"] == pytest.approx(2.0)
+    st.ingest(_msg("dictionary", 1, 5_000, {"w_l1": 2 * w}, meta))  # a newer one replaces it
+    p = st.payload(p["cursor"], p["maps_version"], p["dictionary_version"])
+    assert p["dictionary"]["hi"] == 5.0 and p["dictionary"]["sd_median"] is None
+    assert p["dictionary_age_s"] == pytest.approx(0.0)
+
+
 # -- a real daemon, the server and a real browser --------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -226,7 +254,7 @@ def _updates(page: Any) -> int:
 def test_page_draws_live_maps_and_pause_is_confirmed_by_status(
         browser: Any, spawn: Any, dashboard: Any, shared_data: Path, tmp_path: Path) -> None:
     daemon = spawn(str(shared_data / RECORDING), "--pace", "realtime", "--speed", "0.2",
-                   "--rate-ms", "10")
+                   "--rate-ms", "10", "--set", "publish.dictionary_s=1")
     daemon.start()
     server = dashboard(daemon)
     with urllib.request.urlopen(server.url, timeout=5) as r:  # the page is served
@@ -236,6 +264,15 @@ def test_page_draws_live_maps_and_pause_is_confirmed_by_status(
     page.wait_for_selector("#status.live", timeout=30_000)
     page.wait_for_function("document.getElementById('scale-observed').textContent !== ''",
                            timeout=10_000)
+    # the layer-1 dictionary arrives (every second here) and is drawn: non-blank tiles (before
+    # the maps are compared: its panel's text grows when it arrives)
+    page.wait_for_function(
+        "document.getElementById('dictionary-age').textContent.startsWith('updated')",
+        timeout=10_000)
+    atoms = _pixels(page.locator("#map-dictionary").screenshot())
+    blank = np.all(atoms == (238, 238, 238), axis=-1)  # the canvas background, #eee
+    assert float(np.mean(~blank)) > 0.2, "the dictionary panel is (nearly) blank"
+    assert len(np.unique(atoms[~blank].reshape(-1, 3), axis=0)) > 5  # not one flat colour
     maps = page.locator(".maps")
     first = _pixels(maps.screenshot())
     n = _updates(page)

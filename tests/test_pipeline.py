@@ -345,3 +345,96 @@ def test_published_observed_counts_are_a_histogram_of_the_window_they_name() -> 
         np.testing.assert_array_equal(obs, want, err_msg=f"t={t_us}")
     assert len(sent) >= 30 and unaligned >= len(sent) // 2
     assert sum(a["count_observed"].sum() for a, _, _ in sent) > 0
+
+
+# -- the dictionary topic (layer-1 weights) ----------------------------------------------------
+def test_dictionary_atoms_follow_the_models_channel_order() -> None:
+    """``w_l1[k, row, col, p]`` is atom k's weight on the pooled cell (row, col) of a column
+    and polarity p, in the channel order of ``column_to_map`` / ``map_to_column``: a weight
+    placed on a known cell through ``map_to_column`` lands on that cell, shared or not."""
+    from augury.model.network import map_to_column
+    from augury.pipeline import dictionary_message
+
+    spec = ModelSpec(width=64, height=48, pool=8, column=4, k1=3)  # pooled 6×8: 2×2 columns
+    c = spec.column
+    m = np.zeros((*spec.pooled_shape, 2))
+    m[1, 3, 1] = 2.5  # column 0: cell row 1, col 3, ON
+    m[2, 0, 0] = 0.75  # column 0: cell row 2, col 0, OFF
+    w1 = np.zeros((1, spec.d1, spec.k1))
+    w1[0, :, 2] = map_to_column(spec, m)[0]
+    arrays, meta = dictionary_message(spec, w1, 2.0 * w1, every_s=5.0)
+    w = arrays["w_l1"]
+    assert w.shape == (spec.k1, c, c, 2) and w.dtype == np.float32
+    assert w[2, 1, 3, 1] == 2.5 and w[2, 2, 0, 0] == 0.75
+    assert np.count_nonzero(w) == 2
+    np.testing.assert_array_equal(w[2], m[:c, :c])  # atom 2 is column 0's block of the map
+    np.testing.assert_array_equal(arrays["w_var_l1"], 2.0 * w)
+    assert meta == {"k1": 3, "column": 4, "pool": 8, "shared": True, "aggregate": "none",
+                    "columns": 1, "layout": "k,row,col,polarity",
+                    "units": "trace per unit belief (events)", "w_max": spec.w_max,
+                    "every_s": 5.0}
+
+    # per-column weights: the mean over columns, said so in meta
+    per = ModelSpec(width=64, height=48, pool=8, column=4, k1=3, per_column_weights=True)
+    m = np.zeros((*per.pooled_shape, 2))
+    for j, (r0, c0) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        m[r0 * c + 1, c0 * c + 3, 1] = j + 1.0  # the same cell of every column
+    w1 = np.zeros((per.n1, per.d1, per.k1))
+    w1[:, :, 0] = map_to_column(per, m)
+    arrays, meta = dictionary_message(per, w1)
+    assert arrays["w_l1"][0, 1, 3, 1] == pytest.approx(2.5)  # mean of 1, 2, 3, 4
+    assert np.count_nonzero(arrays["w_l1"]) == 1 and "w_var_l1" not in arrays
+    assert meta["shared"] is False and meta["aggregate"] == "mean_over_columns"
+    assert meta["columns"] == per.n1
+    with pytest.raises(ValueError, match="W1 must have shape"):
+        dictionary_message(spec, np.zeros((spec.d1, spec.k1)))
+
+
+def test_daemon_publishes_the_dictionary_at_start_and_every_dictionary_s() -> None:
+    from augury.config import ConfigError
+    from augury.model.state import init_state
+    from augury.pipeline import dictionary_message
+
+    daemon = _daemon(**{"source.uri": "synthetic://bars?duration_us=1200000&width=64&height=48",
+                        "source.pace": "realtime", "publish.dictionary_s": 0.25})
+    net = daemon.pipeline.network
+    with Subscriber(daemon.publisher.bound_endpoint, topics=("dictionary",),
+                    timeout_ms=5000) as sub:
+        for _ in range(200):  # connect before running (bounded handshake, no sleep)
+            if daemon.publisher.subscriptions:
+                break
+            daemon.publisher.poll_subscriptions(timeout_ms=20)
+        assert daemon.publisher.subscriptions
+        try:
+            daemon.pipeline.run()
+        finally:
+            daemon.close()
+        got = []
+        while (msg := sub.recv(timeout_ms=1000)) is not None:
+            got.append(msg)
+    assert len(got) >= 4, [m.seq for m in got]  # at start, then every 0.25 s of 1.2 s
+    first = got[0]
+    assert first.seq == 0 and first.stream_time_us == 0  # before the first batch
+    fresh = init_state(net.spec)
+    want, _ = dictionary_message(net.spec, fresh.W1, fresh.S1)
+    np.testing.assert_array_equal(first.arrays["w_l1"], want["w_l1"])
+    np.testing.assert_array_equal(first.arrays["w_var_l1"], want["w_var_l1"])
+    assert first.meta["every_s"] == 0.25 and first.meta["shared"] is True
+    gaps_s = np.diff([m.wall_time_ns for m in got]) / 1e9
+    assert (gaps_s >= 0.2).all(), gaps_s  # the wall-clock period, not every batch
+    assert [m.seq for m in got] == list(range(len(got)))
+    assert got[-1].stream_time_us > 0
+    assert not np.array_equal(got[-1].arrays["w_l1"], first.arrays["w_l1"])  # it learned
+
+    off = _daemon(**{"publish.dictionary_s": 0})
+    topics: list[str] = []
+    real_publish = off.publisher.publish
+    off.publisher.publish = (  # type: ignore[method-assign]
+        lambda topic, *a, **kw: topics.append(topic) or real_publish(topic, *a, **kw))
+    try:
+        off.pipeline.run()
+    finally:
+        off.close()
+    assert "prediction" in topics and "dictionary" not in topics
+    with pytest.raises(ConfigError, match=r"publish\.dictionary_s: got -1"):
+        load_config(None, {"publish.dictionary_s": -1})

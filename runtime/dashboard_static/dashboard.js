@@ -71,6 +71,67 @@ function drawScale(name, kind, m) {
   el.append(lo, bar, hi);
 }
 
+// layer-1 dictionary: K1 tiles (OFF | ON, column × column cells each) on the grid of tiles
+// that gives the largest cells; one colour scale (weight) for every atom. Drawn in canvas
+// pixels so that atoms are set apart (GAP) more than their OFF and ON halves (SPLIT).
+const DICT = {GAP: 8, SPLIT: 2, HEAD: 12};
+function dictionaryLayout(k, c, W, H) {
+  let best = {cols: 1, rows: k, cell: 0};
+  for (let cols = 1; cols <= k; cols++) {
+    const rows = Math.ceil(k / cols);
+    const cell = Math.floor(Math.min(
+      (W - (cols - 1) * DICT.GAP - cols * DICT.SPLIT) / (2 * c * cols),
+      (H - DICT.HEAD - (rows - 1) * DICT.GAP) / (c * rows)));
+    if (cell > best.cell) best = {cols, rows, cell};
+  }
+  best.cell = Math.max(best.cell, 1);
+  best.tw = 2 * c * best.cell + DICT.SPLIT;  // tile width, px
+  return best;
+}
+
+function drawDictionary(d) {
+  const canvas = document.getElementById("map-dictionary");
+  const ctx = canvas.getContext("2d");
+  const data = decodeF32(d.b64), k = d.k1, c = d.column;
+  const L = dictionaryLayout(k, c, canvas.width, canvas.height);
+  ctx.fillStyle = "#eee";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.fillStyle = "#333"; ctx.font = "10px sans-serif"; ctx.textAlign = "center";
+  for (let q = 0; q < Math.min(L.cols, k); q++) {  // column heads: which half is which
+    const x0 = q * (L.tw + DICT.GAP), half = c * L.cell;
+    ctx.fillText("OFF", x0 + half / 2, DICT.HEAD - 3);
+    ctx.fillText("ON", x0 + half + DICT.SPLIT + half / 2, DICT.HEAD - 3);
+  }
+  for (let a = 0; a < k; a++) {
+    const x0 = (a % L.cols) * (L.tw + DICT.GAP);
+    const y0 = DICT.HEAD + Math.floor(a / L.cols) * (c * L.cell + DICT.GAP);
+    for (let r = 0; r < c; r++) for (let q = 0; q < c; q++) for (let p = 0; p < 2; p++) {
+      const v = data[((a * c + r) * c + q) * 2 + p];  // w_l1[a, r, q, p]
+      const col = colour("seq", v, d.lo, d.hi);
+      ctx.fillStyle = `rgb(${col[0] | 0},${col[1] | 0},${col[2] | 0})`;
+      ctx.fillRect(x0 + p * (c * L.cell + DICT.SPLIT) + q * L.cell, y0 + r * L.cell,
+                   L.cell, L.cell);
+    }
+  }
+  drawScale("dictionary", "seq", d);
+  document.getElementById("dict-column").textContent = `${c} × ${c}`;
+  document.getElementById("dict-shared").textContent = (d.shared
+    ? `Shared by every column (${k} atoms, numbered left to right, top to bottom).`
+    : `Per-column weights: the mean over the ${d.columns} columns' own atoms.`) +
+    (d.sd_median != null ? ` Median weight uncertainty (posterior sd): ${d.sd_median.toPrecision(2)}.` : "");
+}
+
+let dictionary = null;
+function showDictionaryAge(u) {
+  if (u.dictionary) { dictionary = u.dictionary; drawDictionary(dictionary); }
+  if (!dictionary || u.dictionary_age_s == null) return;
+  const every = dictionary.every_s ? ` (sent every ${dictionary.every_s} s)` : "";
+  const frozen = dictionary.learning === false ? "; learning paused: the atoms stay as they are" : "";
+  document.getElementById("dictionary-age").textContent =
+    `updated ${u.dictionary_age_s.toFixed(0)} s ago${every}, at stream time ` +
+    `${(dictionary.t_us / 1e6).toFixed(3)} s${frozen}`;
+}
+
 // line plot: lines = [{key, colour}], optional threshold line, alarm marks
 function plot(id, points, lines, opts = {}) {
   const canvas = document.getElementById(id);
@@ -187,6 +248,7 @@ function onUpdate(u) {
       ? "Observed minus what was predicted for that very window. Red: more events than predicted; blue: fewer."
       : "Observed (last window) minus the current prediction (the publish period is not the horizon). Red: more; blue: fewer.";
   }
+  showDictionaryAge(u);
   document.getElementById("forecast-note").textContent = u.forecast_note || "";
   showLink(u);
   showControl(u.control);
