@@ -57,3 +57,14 @@ def test_noisy_loop_adds_fresh_noise_inside_the_loop() -> None:
     assert a["t"].min() >= 30_000 and a["t"].max() < 40_000
     assert a["x"].max() < 32 and a["y"].max() < 24
     assert not np.array_equal(a, b)  # every loop draws its own noise
+
+
+def test_combine_takes_the_worst_seed() -> None:
+    def run(label: str, dw: float, w: float) -> sb.Run:
+        return sb.Run(label, [4.0, dw], [1.0, 1.0], w, (0.1, 10.0), 2.0, True)
+
+    c = sb.combine([run("stable", 1.0, 3.0), run("oscillating", 3.0, 3.5),
+                    run("stable", 2.0, 3.2)])
+    assert (c.label, c.seeds, c.seeds_worst) == ("oscillating", 3, 1)
+    assert c.dw == [2.0] and c.w_max == 3.5
+    assert sb.combine([run("stable", 1.0, 3.0)] * 2).label == "stable"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tools.experiments.stability [--quick] [--write-docs] [--events N]
+    python -m tools.experiments.stability [--quick] [--write-docs] [--events N] [--seeds 0 1 2]
         [--spec key=value ...]
 
 Each setting learns from a fresh network on the DAVIS240C rotating disk looped until
@@ -21,6 +21,9 @@ Classification of a setting:
   the loops is at least half that over the first third (a converging learner's change falls
   loop after loop on a repeated input);
 * **stable** otherwise.
+
+Each cell runs every network seed of ``--seeds`` (0 1 2): it is stable only if every seed is;
+otherwise it shows the worst class and how many seeds had it.
 
 Two maps: the learning rate of the precisions α × the weights' drift q (5 × 5, factor 2
 apart, centred on the defaults), and the error threshold θ_e × the belief step κ (3 × 3).
@@ -78,6 +81,10 @@ class Run:
     pi_range: tuple[float, float]
     mu_max: float
     finite: bool
+    seeds: int = 1
+    """Seeds combined into this result (``combine``)."""
+    seeds_worst: int = 1
+    """How many of them had ``label`` (the worst class among them)."""
 
 
 def classify(dw: list[float], spikes: list[float], mu_max: float, finite: bool) -> str:
@@ -88,6 +95,23 @@ def classify(dw: list[float], spikes: list[float], mu_max: float, finite: bool) 
     if np.mean(dw[-third:]) >= 0.5 * np.mean(dw[:third]):
         return "oscillating"
     return "stable"
+
+
+_RANK = {"stable": 0, "oscillating": 1, "divergent": 2}
+
+
+def combine(runs: list[Run]) -> Run:
+    """One setting over several seeds: the worst class (divergent > oscillating > stable) and
+    how many seeds had it; the last weight change averaged, the bounds the widest."""
+    worst = max(runs, key=lambda r: _RANK[r.label]).label
+    ok = [r for r in runs if r.finite and r.dw]
+    dw = [float(np.mean([r.dw[-1] for r in ok]))] if ok else []
+    return Run(worst, dw, runs[0].spikes_per_event,
+               max((r.w_max for r in ok), default=float("nan")),
+               (min((r.pi_range[0] for r in ok), default=float("nan")),
+                max((r.pi_range[1] for r in ok), default=float("nan"))),
+               max(r.mu_max for r in runs), all(r.finite for r in runs), len(runs),
+               sum(r.label == worst for r in runs))
 
 
 def run_setting(ev: np.ndarray, w: int, h: int, period: int,
@@ -279,8 +303,10 @@ def grid_table(name_r: str, rows: list[float], name_c: str, cols: list[float],
         cells = []
         for c in cols:
             x = runs[(r, c)]
-            cells.append(f"{x.label} (ΔW {x.dw[-1]:.2g}, max W {x.w_max:.2f})"
-                         if x.finite and x.dw else x.label)
+            label = (f"{x.label} ({x.seeds_worst} of {x.seeds} seeds)"
+                     if x.seeds > 1 and x.label != "stable" else x.label)
+            cells.append(f"{label} (ΔW {x.dw[-1]:.2g}, max W {x.w_max:.2f})"
+                         if x.finite and x.dw else label)
         lines.append(f"| {r:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -314,6 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="3 × 3 α × q over 3 loops")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--events", type=int, default=None, help="events per setting (10 M)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="network seeds per map cell (default 0 1 2; --quick 0); a cell is "
+                         "stable only if every seed is")
     ap.add_argument("--long", type=float, default=None, metavar="N",
                     help="one default run over N events with noise (1e8 for the issue)")
     add_spec_argument(ap)
@@ -346,6 +375,12 @@ def main(argv: list[str] | None = None) -> None:
     n_events = a.events or (3 * 374_296 if a.quick else 10_000_000)
     ev, w, h, period = load("rotdisk", n_events)
     assert period is not None
+    seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
+
+    def cell(over: dict[str, object]) -> Run:
+        return combine([run_setting(ev, w, h, period, {**base, **over, "seed": sd})
+                        for sd in seeds])
+
     alphas = ALPHAS[1:4] if a.quick else ALPHAS
     qs = QS[1:4] if a.quick else QS
     t0 = time.time()
@@ -353,14 +388,14 @@ def main(argv: list[str] | None = None) -> None:
     aq: dict[tuple[float, float], Run] = {}
     for al in alphas:
         for q in qs:
-            aq[(al, q)] = run_setting(ev, w, h, period, {**base, "alpha": al, "q": q})
+            aq[(al, q)] = cell({"alpha": al, "q": q})
             print(f"alpha={al:g} q={q:g}: {aq[(al, q)].label}", flush=True)
     maps["α (rows) × q (columns)"] = (alphas, qs, aq)
     tk: dict[tuple[float, float], Run] = {}
     if not a.quick:
         for th in THETAS:
             for k in KAPPAS:
-                tk[(th, k)] = run_setting(ev, w, h, period, {**base, "theta_e": th, "kappa": k})
+                tk[(th, k)] = cell({"theta_e": th, "kappa": k})
                 print(f"theta_e={th:g} kappa={k:g}: {tk[(th, k)].label}", flush=True)
         maps["θ_e (rows) × κ (columns)"] = (THETAS, KAPPAS, tk)
     col = [aq[(al, DEFAULT.q)].label for al in alphas]
@@ -370,13 +405,13 @@ def main(argv: list[str] | None = None) -> None:
             "stable_width_q": stable_width(qs, row, DEFAULT.q),
             "settings": len(aq) + len(tk),
             "stable": sum(r.label == "stable" for r in [*aq.values(), *tk.values()]),
-            "events_per_setting": int(ev.size)}
+            "events_per_setting": int(ev.size), "seeds": len(seeds)}
     text = grid_table("α", alphas, "q", qs, aq)
     if tk:
         text += "\n\n" + grid_table("θ_e", THETAS, "κ", KAPPAS, tk)
     text += (f"\n\nStable width through the default: α {head['stable_width_alpha']:g}×, "
-             f"q {head['stable_width_q']:g}× ({ev.size:,} events per setting, "
-             f"{time.time() - t0:.0f} s).")
+             f"q {head['stable_width_q']:g}× ({ev.size:,} events per setting and seed, "
+             f"{len(seeds)} seed(s), {time.time() - t0:.0f} s).")
     print(text)
     if a.write_docs:
         figure(maps, DOC / "figures" / "stability.png")
