@@ -32,3 +32,12 @@ def test_quick_probe_is_well_above_chance() -> None:
     for layer in ("layer 1", "both"):
         assert res[f"learned beliefs, {layer}"]["cv_mean"] > 0.30
         assert res[f"random beliefs, {layer}"]["cv_mean"] > 0.30
+
+
+def test_passes_replay_the_digits_on_one_clock() -> None:
+    digits = [npb.load_digit(s) for s, _ in npb.labels("train1K")[:3]]
+    one, two = (Network(ModelSpec.from_dict(npb.BASE_SPEC)) for _ in range(2))
+    npb.learn_pass(one, digits)
+    npb.learn_pass(two, digits, passes=2)
+    assert two.t_us == 2 * one.t_us  # the second pass follows the first, 20 ms gaps kept
+    assert not np.array_equal(one.state.W1, two.state.W1)

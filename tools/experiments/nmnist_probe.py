@@ -3,15 +3,15 @@
 Usage::
 
     python -m tools.experiments.nmnist_probe [--quick] [--write-docs] [--seeds 0 1 2]
-        [--train N] [--spec key=value ...]
+        [--train N] [--passes N] [--spec key=value ...]
 
 Protocol (issue "Learning that earns its keep"):
 
-1. Unsupervised phase: one online pass of learning over the ``train1K`` digits of
-   ``../shared/data/nmnist`` as one stream (digits back to back, 20 ms apart, 10 ms batches
-   through ``Network.step``); labels are never seen. Spec: 34 × 34, pool 2, K1 = 8, two
-   layers (so that layer 1, layer 2 and both can be compared), other fields default or
-   ``--spec``.
+1. Unsupervised phase: one online pass (``--passes N``: N passes) of learning over the
+   ``train1K`` digits of ``../shared/data/nmnist`` as one stream (digits back to back,
+   20 ms apart, 10 ms batches through ``Network.step``); labels are never seen. Spec:
+   34 × 34, pool 2, K1 = 8, two layers (so that layer 1, layer 2 and both can be
+   compared), other fields default or ``--spec``.
 2. Features, learning frozen: each digit is replayed from a fresh fast state that keeps
    what was learned (``pipeline.restart_stream``); the beliefs are read out every 10 ms; per
    belief unit the mean and the maximum over the read-outs.
@@ -82,13 +82,15 @@ def batches(ev: np.ndarray, t0_us: int) -> tuple[list[EventBatch], int]:
             for i in range(len(edges) - 1)], t_end
 
 
-def learn_pass(net: Network, digits: list[np.ndarray]) -> None:
-    """One unlabelled online pass over the digits as one stream."""
+def learn_pass(net: Network, digits: list[np.ndarray], passes: int = 1) -> None:
+    """Unlabelled online passes over the digits as one stream (the digits in the same order
+    at every pass, back to back)."""
     t0 = 0
-    for ev in digits:
-        bs, t0 = batches(ev, t0)
-        for b in bs:
-            net.step(b)
+    for _ in range(passes):
+        for ev in digits:
+            bs, t0 = batches(ev, t0)
+            for b in bs:
+                net.step(b)
 
 
 def belief_features(net: Network, digits: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -157,7 +159,7 @@ def probe(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None, y_test: np.nd
 
 
 def run(*, quick: bool, seeds: list[int], n_train: int | None,
-        overrides: dict[str, object]) -> dict[str, dict[str, float]]:
+        overrides: dict[str, object], passes: int = 1) -> dict[str, dict[str, float]]:
     train = labels("train1K")[: (n_train or (200 if quick else 1000))]
     test = [] if quick else labels("test100")
     folds = 3 if quick else 5
@@ -180,7 +182,7 @@ def run(*, quick: bool, seeds: list[int], n_train: int | None,
         for kind in ("random", "learned"):
             net = Network(spec)
             if kind == "learned":
-                learn_pass(net, d_train)
+                learn_pass(net, d_train, passes)
             f_train = belief_features(net, d_train)
             f_test = belief_features(net, d_test) if test else {}
             layers = {"layer 1": ["l1"], "layer 2": ["l2"], "both": ["l1", "l2"]}
@@ -254,11 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--train", type=int, default=None, help="number of train1K digits")
+    ap.add_argument("--passes", type=int, default=1, help="unlabelled learning passes")
     add_spec_argument(ap)
     a = ap.parse_args(argv)
     t = time.perf_counter()
     res = run(quick=a.quick, seeds=a.seeds or ([0] if a.quick else [0, 1, 2]),
-              n_train=a.train, overrides=spec_overrides(a.spec))
+              n_train=a.train, overrides=spec_overrides(a.spec), passes=a.passes)
     text = table(res)
     print(text)
     print(f"({time.perf_counter() - t:.0f} s)")
