@@ -132,7 +132,6 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict[str
         snaps[f"{name}\nend"] = (k + 1) * phase_s - 0.05
     recorder = Recorder(pub, snaps)
     server = None
-    errors: list[BaseException] = []
     try:
         if opts.dashboard:
             from augury.dashboard_server import DashboardOptions, DashboardServer
@@ -148,16 +147,7 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict[str
         echo("demo: shifts at " + ", ".join(f"{t:g} s {n}" for n, t in shifts)
              + f"; back to A at {return_to_a[1]:g} s")
         recorder.start()
-
-        def engine() -> None:
-            try:
-                daemon.pipeline.run()
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-
-        thread = threading.Thread(target=engine, name="augury-engine")
-        thread.start()
-        thread.join()
+        daemon.pipeline.run()  # to the scene's end; an engine error propagates after cleanup
         rec = recorder.stop()
     finally:
         recorder.stop_event.set()
@@ -165,8 +155,6 @@ def run_demo(opts: DemoOptions, echo: Callable[[str], None] = print) -> dict[str
             server.stop()
         daemon.pipeline.stop_event.set()
         daemon.close()
-    if errors:
-        raise RuntimeError(f"engine failed: {errors[0]}")
     meta = {"scene": f"synthetic bars {scene.width}×{scene.height} px at "
                      f"{scene.speed_px_s:g} px/s, {scene.direction_deg:g}°",
             "phase_s": phase_s, "horizon_ms": horizon_ms, "out": str(out),

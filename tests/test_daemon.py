@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_helpers import read_log_until
 
 from augury.adapters import open_source
 from augury.checkpoint import load_latest
@@ -55,24 +55,8 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
 
 def _endpoints(proc: subprocess.Popen[str], timeout_s: float = 300.0) -> tuple[str, str]:
     """Read the daemon's log until it says where it publishes (bounded wait)."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout_s
-    seen = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stderr.readline()
-        if not line:  # EOF: the daemon exited
-            break
-        seen.append(line)
-        m = ENDPOINT_RE.search(line)
-        if m:
-            return m.group(1), m.group(2)
-    proc.kill()
-    raise AssertionError("daemon never said where it publishes:\n" + "".join(seen))
+    m = read_log_until(proc, ENDPOINT_RE, timeout_s)
+    return m.group(1), m.group(2)
 
 
 def _finish(proc: subprocess.Popen[str], timeout_s: float = 120.0) -> tuple[int, str, str]:

@@ -41,3 +41,15 @@ def test_passes_replay_the_digits_on_one_clock() -> None:
     npb.learn_pass(two, digits, passes=2)
     assert two.t_us == 2 * one.t_us  # the second pass follows the first, 20 ms gaps kept
     assert not np.array_equal(one.state.W1, two.state.W1)
+
+
+def test_exemplar_dictionary_is_made_of_busy_traces_at_the_atoms_norm() -> None:
+    digits = [npb.load_digit(s) for s, _ in npb.labels("train1K")[:3]]
+    net = Network(ModelSpec.from_dict({**npb.BASE_SPEC, "layers": 1, "k1": 8}))
+    w0 = net.state.W1[0].copy()
+    w = npb.exemplar_dictionary(net, digits, np.random.default_rng(0))
+    assert w.shape == w0.shape and np.all(w >= 0)
+    np.testing.assert_allclose(np.linalg.norm(w, axis=0),
+                               np.mean(np.linalg.norm(w0, axis=0)), rtol=1e-9)
+    assert np.array_equal(net.state.W1[0], w0)  # the net's own weights are left alone
+    assert npb.atom_top_share(w) > npb.atom_top_share(w0)  # sparse traces, not uniform blurs

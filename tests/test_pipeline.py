@@ -26,6 +26,15 @@ from augury.publish import Publisher
 SCENE = "synthetic://bars?duration_us=300000&width=64&height=48"
 
 
+
+def _wait_subscribed(daemon) -> None:
+    """Connect before running: a bounded handshake with the publisher, no sleep."""
+    for _ in range(200):
+        if daemon.publisher.subscriptions:
+            break
+        daemon.publisher.poll_subscriptions(timeout_ms=20)
+    assert daemon.publisher.subscriptions
+
 def _daemon(**overrides: object):
     cfg = load_config(None, {"source.uri": SCENE, "source.pace": "asap",
                              "source.batch_us": 1000, "publish.rate_ms": 20.0,
@@ -68,11 +77,7 @@ def test_non_finite_state_is_rolled_back_and_serving_goes_on() -> None:
     net.advance = advance  # type: ignore[method-assign]
     with Subscriber(daemon.publisher.bound_endpoint, topics=("beliefs",),
                     timeout_ms=5000) as sub:
-        for _ in range(200):  # connect before running (bounded handshake, no sleep)
-            if daemon.publisher.subscriptions:
-                break
-            daemon.publisher.poll_subscriptions(timeout_ms=20)
-        assert daemon.publisher.subscriptions
+        _wait_subscribed(daemon)
         try:
             m = p.run()
         finally:
@@ -400,11 +405,7 @@ def test_daemon_publishes_the_dictionary_at_start_and_every_dictionary_s() -> No
     net = daemon.pipeline.network
     with Subscriber(daemon.publisher.bound_endpoint, topics=("dictionary",),
                     timeout_ms=5000) as sub:
-        for _ in range(200):  # connect before running (bounded handshake, no sleep)
-            if daemon.publisher.subscriptions:
-                break
-            daemon.publisher.poll_subscriptions(timeout_ms=20)
-        assert daemon.publisher.subscriptions
+        _wait_subscribed(daemon)
         try:
             daemon.pipeline.run()
         finally:

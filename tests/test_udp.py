@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import re
-import select
 import signal
 import socket
 import struct
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_helpers import read_log_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -651,29 +651,6 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _read_until(proc: subprocess.Popen[str], pattern: re.Pattern[str],
-                timeout_s: float = 120.0) -> re.Match[str]:
-    """Read the daemon's log (stderr) until a line matches (bounded wait)."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout_s
-    seen: list[str] = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if not ready:
-            if proc.poll() is not None:
-                break
-            continue
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        m = pattern.search(line)
-        if m:
-            return m
-    proc.kill()
-    raise AssertionError(f"no {pattern.pattern!r} in the daemon's log:\n" + "".join(seen))
-
-
 def test_augury_run_waits_for_a_sender_and_processes_every_window(shared_data: Path) -> None:
     """`augury run udp://…` (a daemon: no until_end, no geometry) waits for its first sender
     longer than the 5 s after which it used to exit 1, saying so, then processes every event
@@ -688,14 +665,14 @@ def test_augury_run_waits_for_a_sender_and_processes_every_window(shared_data: P
                              "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        _read_until(proc, re.compile("waiting for a sender"))
+        read_log_until(proc, re.compile("waiting for a sender"))
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(timeout=6.0)  # still waiting past the old 5 s limit
         sender = subprocess.run([sys.executable, "-m", "augury.cli", "send", str(rec),
                                  f"udp://127.0.0.1:{port}", "--pace", "asap"],
                                 capture_output=True, text=True, timeout=120, env=env)
         assert sender.returncode == 0, sender.stderr
-        _, ctl = _read_until(proc, _ENDPOINTS_RE).groups()
+        _, ctl = read_log_until(proc, _ENDPOINTS_RE).groups()
         st: dict[str, object] = {}
         with ControlClient(ctl, timeout_ms=30_000) as client:
             deadline = time.monotonic() + 60.0

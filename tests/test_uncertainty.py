@@ -42,3 +42,34 @@ def test_quick_run_is_calibrated_and_detects_the_polarity_flip(tmp_path: Path) -
     # the weight-variance term does not improve the log score (it is ~1e-5 of the variance)
     assert out["rotdisk_wvar_gain"] < 0.001
     assert out["polarity_delay_ms"] is not None and out["polarity_delay_ms"] <= 100
+
+
+@pytest.mark.skipif(not ROTDISK.exists(), reason="../shared/data is missing")
+def test_shared_features_are_the_reference_features_of_active_channels() -> None:
+    from augury.events import EventBatch
+    from augury.model.kernels import make_params
+    from augury.model.network import Network
+    from augury.model.reference import features
+    from augury.model.spec import ModelSpec
+    from tools.experiments.forecast_eval import load_stream
+    from tools.experiments.uncertainty import shared_features
+
+    ev, w, h = load_stream("rotdisk", 200_000)
+    spec = ModelSpec.from_dict({"width": w, "height": h, "pool": 0})
+    net = Network(spec)
+    d = spec.horizon_us
+    cuts = np.searchsorted(ev["t"], np.arange(16) * d)
+    for i in range(15):
+        net.step(EventBatch(ev[cuts[i]:cuts[i + 1]], i * d, (i + 1) * d, i))
+    st, p = net.state, make_params(spec)
+    x = shared_features(spec, net)
+    r1, c1 = spec.grid1
+    c = spec.column
+    cols = x.reshape(r1, c, c1, c, 2, -1).transpose(0, 2, 1, 3, 4, 5).reshape(
+        r1 * c1, spec.d1, -1)  # the full grid back to (column, channel, feature)
+    active = np.flatnonzero(st.active)
+    assert active.size > 10
+    for j in active[:: max(1, active.size // 20)]:
+        for dd in range(spec.d1):
+            np.testing.assert_allclose(cols[j, dd], features(st, p, st.z1, st.hprev, j, dd),
+                                       rtol=1e-12, atol=1e-12)

@@ -447,28 +447,52 @@ def column_zscores(spec: ModelSpec, st: State, s_col: np.ndarray) -> np.ndarray:
     return np.where(st.active != 0, z, 0.0).reshape(spec.grid1).astype(np.float32)
 
 
+def prediction_errors(spec: ModelSpec, st: State,
+                      z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Error units' prediction errors: layer 1's z − x̂ (n1, D1) from the traces z (events,
+    ``traces_at``) and layer 2's inputs − predictions (n2, D2), None with one layer; 0 in
+    inactive columns."""
+    e1 = (z - st.xhat1) * (st.active != 0)[:, None]
+    if spec.layers == 1:
+        return e1, None
+    return e1, (l2_inputs(spec, st) - st.pred2) * (st.nact2 != 0)[:, None]
+
+
+def free_energy_parts(spec: ModelSpec, st: State, e1: np.ndarray,
+                      e2: np.ndarray | None) -> tuple[float, float, float]:
+    """(F₁, F₂, priors), nats, whose sum is ``Readout.free_energy``: F_ℓ = Σ over layer ℓ's
+    active error units of ½ π e² − ½ ln π (errors from ``prediction_errors``), priors =
+    λ Σ μ over every layer + ½ π_prior Σ μ_top². F₂ = 0 with one layer."""
+    act1 = st.active != 0
+    f1 = float(np.sum(0.5 * st.pi1 * e1 * e1) - 0.5 * np.sum(np.log(st.pi1[act1])))
+    mus = [st.mu1]
+    f2 = 0.0
+    if e2 is not None:
+        act2 = st.nact2 != 0
+        f2 = float(np.sum(0.5 * st.pi2 * e2 * e2) - 0.5 * np.sum(np.log(st.pi2[act2])))
+        mus.append(st.mu2)
+    top = mus[-1]
+    prior = spec.sparsity * float(sum(m.sum() for m in mus)) + 0.5 * spec.pi_prior * float(
+        np.sum(top * top))
+    return f1, f2, prior
+
+
 def compute_readout_numpy(spec: ModelSpec, st: State, t_us: int) -> Readout:
     """Readout at t_us from the state with vectorised NumPy: the reference twin of
     ``compute_readout`` (obvious, slower; the oracle of tests/test_model_readout.py)."""
-    act1 = st.active != 0
     z = traces_at(spec, st, t_us)
-    e1 = (z - st.xhat1) * act1[:, None]
+    e1, e2 = prediction_errors(spec, st, z)
     s_col = 0.5 * np.sum(st.pi1 * e1 * e1, axis=1)
     total = float(s_col.sum())
-    fe = float(np.sum(-0.5 * np.log(st.pi1[act1])))
+    if e2 is not None:
+        total += float(np.sum(0.5 * st.pi2 * e2 * e2))
+    fe = float(sum(free_energy_parts(spec, st, e1, e2)))
     var = belief_variances(spec, st)
     shapes = [spec.grid1 + (spec.k1,)]
     mus = [st.mu1]
     if spec.layers == 2:
-        act2 = st.nact2 != 0
-        e2 = (l2_inputs(spec, st) - st.pred2) * act2[:, None]
-        total += float(np.sum(0.5 * st.pi2 * e2 * e2))
-        fe += float(np.sum(-0.5 * np.log(st.pi2[act2])))
         shapes.append(spec.grid2 + (spec.k2,))
         mus.append(st.mu2)
-    top = mus[-1]
-    fe += total + spec.sparsity * float(sum(m.sum() for m in mus))
-    fe += 0.5 * spec.pi_prior * float(np.sum(top * top))
     xp = predicted_traces(spec, st, z)
     mean, bvar = float(st.baseline[0]), float(st.baseline[1])
     return Readout(

@@ -49,7 +49,12 @@ from pathlib import Path
 import numpy as np
 
 from augury.events import EventBatch
-from augury.model.network import Network, l2_inputs, traces_at
+from augury.model.network import (
+    Network,
+    free_energy_parts,
+    prediction_errors,
+    traces_at,
+)
 from augury.model.scoring import poisson_loglik, window_counts
 from augury.model.spec import ModelSpec
 from augury.model.state import State
@@ -122,23 +127,9 @@ def load(name: str, n_events: int) -> tuple[np.ndarray, int, int, int | None]:
 
 
 def layer_free_energies(spec: ModelSpec, st: State, t_us: int) -> tuple[float, float, float]:
-    """(F₁, F₂, priors) of the state at t_us (nats), the parts of ``Readout.free_energy``:
-    F_ℓ = Σ over layer ℓ's active error units of ½ π e² − ½ ln π, priors = λ Σ μ (every
-    layer) + ½ π_prior Σ μ_top². F₂ = 0 with one layer."""
-    act1 = st.active != 0
-    e1 = (traces_at(spec, st, t_us) - st.xhat1) * act1[:, None]
-    f1 = float(np.sum(0.5 * st.pi1 * e1 * e1) - 0.5 * np.sum(np.log(st.pi1[act1])))
-    mus = [st.mu1]
-    f2 = 0.0
-    if spec.layers == 2:
-        act2 = st.nact2 != 0
-        e2 = (l2_inputs(spec, st) - st.pred2) * act2[:, None]
-        f2 = float(np.sum(0.5 * st.pi2 * e2 * e2) - 0.5 * np.sum(np.log(st.pi2[act2])))
-        mus.append(st.mu2)
-    top = mus[-1]
-    prior = spec.sparsity * float(sum(m.sum() for m in mus)) + 0.5 * spec.pi_prior * float(
-        np.sum(top * top))
-    return f1, f2, prior
+    """(F₁, F₂, priors) of the state at t_us (nats): ``network.free_energy_parts`` of the
+    errors at that time; their sum is ``Readout.free_energy``."""
+    return free_energy_parts(spec, st, *prediction_errors(spec, st, traces_at(spec, st, t_us)))
 
 
 def _entry(bad: np.ndarray, events: np.ndarray) -> float:

@@ -40,6 +40,7 @@ from augury.events import EventBatch
 from augury.model.network import Network
 from augury.model.spec import ModelSpec
 from augury.pipeline import restart_stream
+from tools.experiments.docs_block import write_block
 from tools.spec_args import add_spec_argument, spec_overrides
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nmnist"
@@ -111,6 +112,31 @@ def belief_features(net: Network, digits: list[np.ndarray]) -> dict[str, np.ndar
     return {k: np.stack(v) for k, v in feats.items() if v}
 
 
+def exemplar_dictionary(net: Network, digits: list[np.ndarray],
+                        rng: np.random.Generator) -> np.ndarray:
+    """A layer-1 dictionary of data samples (Coates & Ng 2011), (D1, K1): the traces of K1
+    busy columns (Σ z > 1 event) picked at random from the 10 ms read-outs of the digits
+    (no labels; learning frozen; the net's weights unchanged), each scaled to the mean norm
+    of the net's current atoms."""
+    from augury.model.network import traces_at
+
+    spec = net.spec
+    w = net.state.W1[0]
+    norm = float(np.mean(np.linalg.norm(w, axis=0)))
+    net.freeze_learning()
+    snaps = []
+    for ev in digits:
+        restart_stream(net)
+        bs, _ = batches(ev, 0)
+        for b in bs:
+            net.step(b)
+            z = traces_at(spec, net.state, b.t_end_us)
+            snaps.append(z[z.sum(axis=1) > 1.0])
+    pool = np.concatenate(snaps)
+    pick = pool[rng.choice(len(pool), spec.k1, replace=False)]
+    return (pick / np.linalg.norm(pick, axis=1, keepdims=True) * norm).T
+
+
 def atom_cosine(w: np.ndarray) -> float:
     """Mean pairwise cosine of a dictionary's atoms (the columns of w, shape (D, K)): near 1
     when the atoms collapse onto one direction, near 0 when they are diverse."""
@@ -159,7 +185,8 @@ def probe(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None, y_test: np.nd
 
 
 def run(*, quick: bool, seeds: list[int], n_train: int | None,
-        overrides: dict[str, object], passes: int = 1) -> dict[str, dict[str, float]]:
+        overrides: dict[str, object], passes: int = 1,
+        exemplars: bool = False) -> dict[str, dict[str, float]]:
     train = labels("train1K")[: (n_train or (200 if quick else 1000))]
     test = [] if quick else labels("test100")
     folds = 3 if quick else 5
@@ -179,10 +206,15 @@ def run(*, quick: bool, seeds: list[int], n_train: int | None,
             0)
     for seed in seeds:
         spec = ModelSpec.from_dict({**spec0.to_dict(), "seed": seed})
-        for kind in ("random", "learned"):
+        for kind in ("random", "exemplar" if exemplars else "learned"):
             net = Network(spec)
             if kind == "learned":
                 learn_pass(net, d_train, passes)
+            elif kind == "exemplar":
+                sd = net.state_dict()
+                w = exemplar_dictionary(net, d_train, np.random.default_rng(1234 + seed))
+                sd["W1"] = np.broadcast_to(w, sd["W1"].shape).copy()
+                net.load_state_dict(sd)
             f_train = belief_features(net, d_train)
             f_test = belief_features(net, d_test) if test else {}
             layers = {"layer 1": ["l1"], "layer 2": ["l2"], "both": ["l1", "l2"]}
@@ -225,28 +257,21 @@ def table(res: dict[str, dict[str, float]]) -> str:
 
 
 def write_docs(text: str) -> None:
-    path = DOC / "results.md"
-    doc = path.read_text()
-    begin, end = "<!-- nmnist_probe:begin -->", "<!-- nmnist_probe:end -->"
-    block = (f"{begin}\nCommand: `python -m tools.experiments.nmnist_probe --write-docs`\n\n"
-             f"{text}\n{end}")
-    if begin in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc += "\n## N-MNIST: are learned beliefs better features?\n\n" + block + "\n"
-    path.write_text(doc)
+    write_block("nmnist_probe", "N-MNIST: are learned beliefs better features?", text,
+                "python -m tools.experiments.nmnist_probe --write-docs")
 
 
 def headline(res: dict[str, dict[str, float]]) -> dict[str, float]:
     out = {k: round(v["cv_mean"], 4) for k, v in res.items()}
     pooled = next((v["cv_mean"] for k, v in res.items() if k.startswith("counts pooled")), 0.0)
-    for layer in ("layer 1", "layer 2", "both"):
-        lk, rk = f"learned beliefs, {layer}", f"random beliefs, {layer}"
-        if lk in res and rk in res:
-            out[f"learned_minus_random_{layer.replace(' ', '')}"] = round(
-                res[lk]["cv_mean"] - res[rk]["cv_mean"], 4)
-            out[f"learned_minus_pooled_counts_{layer.replace(' ', '')}"] = round(
-                res[lk]["cv_mean"] - pooled, 4)
+    for kind in ("learned", "exemplar"):
+        for layer in ("layer 1", "layer 2", "both"):
+            lk, rk = f"{kind} beliefs, {layer}", f"random beliefs, {layer}"
+            if lk in res and rk in res:
+                out[f"{kind}_minus_random_{layer.replace(' ', '')}"] = round(
+                    res[lk]["cv_mean"] - res[rk]["cv_mean"], 4)
+                out[f"{kind}_minus_pooled_counts_{layer.replace(' ', '')}"] = round(
+                    res[lk]["cv_mean"] - pooled, 4)
     return out
 
 
@@ -257,11 +282,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--train", type=int, default=None, help="number of train1K digits")
     ap.add_argument("--passes", type=int, default=1, help="unlabelled learning passes")
+    ap.add_argument("--exemplars", action="store_true",
+                    help="instead of learning, a dictionary of data samples (exemplar_dictionary)")
     add_spec_argument(ap)
     a = ap.parse_args(argv)
     t = time.perf_counter()
     res = run(quick=a.quick, seeds=a.seeds or ([0] if a.quick else [0, 1, 2]),
-              n_train=a.train, overrides=spec_overrides(a.spec), passes=a.passes)
+              n_train=a.train, overrides=spec_overrides(a.spec), passes=a.passes,
+              exemplars=a.exemplars)
     text = table(res)
     print(text)
     print(f"({time.perf_counter() - t:.0f} s)")

@@ -77,9 +77,11 @@ FIG = Path(__file__).resolve().parents[2] / "docs" / "figures" / "uncertainty.pn
 
 def shared_features(spec: ModelSpec, net: Network) -> np.ndarray:
     """The shared forecaster's features of every channel on the full column grid,
-    (ncy·c, ncx·c, 2, NF), rebuilt from the state as the kernels build them at a horizon
-    tick: own trace, 8 neighbours' traces and the hierarchy's forecast (× Δ/τ), last window's
-    count and the sum of its 8 neighbours', 1. Channels of silent columns: (0, …, 0, 1)."""
+    (ncy·c, ncx·c, 2, NF): a vectorised ``augury.model.reference.features`` (one call per
+    channel there, too slow for every window of every stream; the test checks they agree),
+    as the kernels build them at a horizon tick: own trace, 8 neighbours' traces and the
+    hierarchy's forecast (× Δ/τ), last window's count and the sum of its 8 neighbours', 1.
+    Channels of silent columns: (0, …, 0, 1)."""
     st = net.state
     r1, c1 = spec.grid1
     c = spec.column
