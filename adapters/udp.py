@@ -271,7 +271,7 @@ class UdpSource(ThreadedSource):
             "malformed": st.malformed_total, "malformed_by_reason": dict(st.malformed),
             "sessions": sq.sessions, "session_policy": g.policy,
             "other_session": g.other_session, "after_end": g.after_end,
-            "session_takeovers": g.takeovers,
+            "session_takeovers": g.takeovers, "end_repeats": g.end_repeats,
             "lost_packets": sq.lost, "duplicate_packets": sq.duplicates,
             "reordered_packets": sq.reordered, "stale_packets": sq.stale,
             "end_flushes": st.end_flushes, "idle_flushes": st.idle_flushes,

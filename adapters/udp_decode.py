@@ -453,7 +453,9 @@ class DatagramDecoder:
                 counters.malformed += 1
                 counters.read -= count
                 continue
-            verdict = self.gate.admit(session)
+            verdict = self.gate.admit(session, end=bool(flags & FLAG_END) and count == 0)
+            if verdict == "end_repeat":  # a copy of an END already acted on
+                continue
             if verdict in ("other", "after_end"):
                 counters.dropped += count
                 continue
@@ -472,8 +474,8 @@ class DatagramDecoder:
             seg.t_known = base if seg.t_known is None else max(seg.t_known, base)
             if flags & FLAG_END:
                 self.stats.end_packets += 1
+                self.gate.end(session)
                 if self.gate.policy == "single":  # (merged: the other senders go on)
-                    self.gate.end()
                     if self._pending:
                         self._pending = False
                         self.stats.end_flushes += 1

@@ -190,10 +190,20 @@ class UdpSender:
         self._augury_only("heartbeat")
         self._send_one(self._header(0, int(t_us), 0))
 
-    def end(self, t_us: int) -> None:
-        """augury only: the END datagram (the stream is over at t_us)."""
+    def end(self, t_us: int, repeats: int = 3, interval_s: float = 0.005) -> None:
+        """augury only: the END datagram (the stream is over at t_us), sent ``repeats`` times
+        ``interval_s`` apart with one sequence number, since a datagram may be lost (a
+        receiver whose socket buffer is full drops the last of a burst first). The receiver
+        acts on the first copy and ignores the others (``end_repeats``). Blocks for
+        (repeats − 1) · interval_s seconds."""
         self._augury_only("end")
-        self._send_one(self._header(FLAG_END, int(t_us), 0))
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        datagram = self._header(FLAG_END, int(t_us), 0)
+        for i in range(int(repeats)):
+            if i:
+                time.sleep(interval_s)
+            self._send_one(datagram)
 
     def _augury_only(self, what: str) -> None:
         if self.format != "augury":

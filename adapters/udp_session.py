@@ -3,7 +3,7 @@ of each session, and the policy deciding which sessions a receiver accepts."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from augury.adapters.udp_wire import SEQ_WINDOW
@@ -119,8 +119,10 @@ class SessionGate:
     clock (senders that share a time base, e.g. several processes of one sensor host);
     nothing is dropped for its session and nothing restarts; END only counts.
 
-    ``admit(session)`` returns "keep", "restart" (keep; this session takes over, the clock
-    restarts), "other" or "after_end" (drop).
+    ``admit(session, end)`` returns "keep", "restart" (keep; this session takes over, the
+    clock restarts), "other" or "after_end" (drop), or "end_repeat" for an END datagram of a
+    session already ended (senders repeat END because one datagram may be lost: dropped,
+    counted in ``end_repeats`` only, not as a drop).
     """
 
     policy: str = "single"
@@ -130,12 +132,18 @@ class SessionGate:
     other_session: int = 0
     after_end: int = 0
     takeovers: int = 0
+    end_repeats: int = 0
+    _ended: deque[int] = field(default_factory=lambda: deque(maxlen=8))  # last ended sessions
 
     def __post_init__(self) -> None:
         if self.policy not in SESSION_POLICIES:
             raise ValueError(f"sessions must be one of {SESSION_POLICIES}, got {self.policy!r}")
 
-    def admit(self, session: int) -> str:
+    def admit(self, session: int, end: bool = False) -> str:
+        if end and session in self._ended and (
+                self.policy == "merge" or session != self.current or self.ended):
+            self.end_repeats += 1
+            return "end_repeat"
         if self.policy == "merge":
             self.current, self.is_open = session, True
             return "keep"
@@ -156,9 +164,12 @@ class SessionGate:
         self.other_session += 1
         return "other"
 
-    def end(self) -> None:
-        """The current session sent END (single: it closes; merge: nothing changes)."""
-        if self.policy == "single":
+    def end(self, session: int) -> None:
+        """``session`` sent END (single: the current session closes; merge: nothing changes
+        but its later copies of END are recognised)."""
+        if session not in self._ended:
+            self._ended.append(session)
+        if self.policy == "single" and session == self.current:
             self.is_open, self.ended = False, True
 
     def idle(self) -> None:

@@ -295,7 +295,7 @@ def test_sending_to_nobody_does_not_raise() -> None:
         for _ in range(3):
             tx.send(_events(500))
         tx.end(0)
-    assert tx.packets_sent == 3 * 4 + 1 and tx.refused > 0
+    assert tx.packets_sent == 3 * 4 + 3 and tx.refused > 0  # END is sent three times
 
 
 def test_send_file_asap_and_realtime_pacing() -> None:
@@ -461,6 +461,47 @@ def test_a_new_sender_session_restarts_the_clock() -> None:
     back = [i for i in range(1, len(starts)) if starts[i] < starts[i - 1]]
     assert len(back) == 1  # one jump back in the batches' time, where the new sender starts
     assert all(bt.t_end_us > bt.t_start_us for bt in batches)
+
+
+def test_a_lost_end_is_made_good_by_its_repeat_and_repeats_are_not_drops() -> None:
+    """A sender repeats END (one sequence number) because one datagram may be lost. With the
+    first copy lost, the next sender is refused (``other``) only until a repeat arrives, then
+    takes over; copies of an END already acted on are ``end_repeat``: neither drops nor
+    duplicates, whether they arrive before or after the takeover (single) or under merge."""
+    from augury.adapters.udp_session import SessionGate
+
+    g = SessionGate()
+    assert g.admit(1) == "keep"
+    assert g.admit(2) == "other"  # session 1's first END was lost: 2 must wait
+    assert g.admit(1, end=True) == "keep"  # the repeat arrives
+    g.end(1)
+    assert g.admit(1, end=True) == "end_repeat"  # a later copy, before anyone takes over
+    assert g.admit(2) == "restart"
+    assert g.admit(1, end=True) == "end_repeat"  # a copy arriving after the takeover
+    assert g.admit(1) == "other"  # data of an ended session is still refused
+    assert (g.other_session, g.after_end, g.end_repeats, g.takeovers) == (2, 0, 2, 1)
+    merged = SessionGate("merge")
+    assert merged.admit(5, end=True) == "keep"
+    merged.end(5)
+    assert merged.admit(5, end=True) == "end_repeat" and merged.admit(6) == "keep"
+
+
+def test_end_repeats_are_not_counted_as_drops_or_duplicates() -> None:
+    ev = _events(300, seed=21, t_span_us=100_000)
+    with _open(idle_timeout_s=None, until_end=2) as src:
+        for session in (1, 2):
+            with UdpSender(*src.address, geometry=GEOM, session_id=session,
+                           max_events_per_packet=100) as tx:
+                tx.send(ev)
+                tx.end(100_000, repeats=3, interval_s=0.001)
+        out, totals = _collect(src)
+        stats = src.source_stats()
+    np.testing.assert_array_equal(out, np.concatenate([ev, ev]))
+    # the first sender's two copies arrive before the second sender's data (they are sent
+    # first); the second's may come after the receiver stopped at its second END
+    assert stats["end_packets"] == 2 and 2 <= stats["end_repeats"] <= 4
+    assert (stats["after_end"], stats["other_session"], stats["duplicate_packets"]) == (0, 0, 0)
+    assert stats["session_takeovers"] == 1 and totals.dropped == 0
 
 
 # --- issue 10, defect 5: end of stream, waiting for a sender, several senders, counts -----
