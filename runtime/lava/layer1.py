@@ -204,13 +204,25 @@ class LavaLayer1:
         this was built from)."""
         if self._runner is None:
             return State(*[a.copy() for a in self._template])
+        return to_state(self.spec, self._template, **self.inference_arrays(),
+                        t_now_us=self.t_next_us - self.spec.tick_us)
+
+    def inference_arrays(self) -> dict[str, np.ndarray]:
+        """Layer 1's inference variables at the end of the last tick run, flat float64:
+        z, xhat (with the increments still in the Dense buffer), eps (n1·D1,); active,
+        pending (n1,); u, mu, mus, h, h_wake (n1·K1,): the keyword arguments
+        of ``convert.to_state`` (before the first chunk: the values it was built with)."""
+        if self._runner is None:
+            p = self.params
+            return {"z": p.z, "xhat": p.xhat, "eps": p.eps, "active": p.active,
+                    "pending": np.zeros_like(p.active), "u": p.u, "mu": p.mu, "mus": p.mus,
+                    "h": p.h, "h_wake": p.h_wake}
         g = self._runner.get
         e, b = self._procs["err"], self._procs["bel"]
-        xhat = g(e.xhat) + g(self._procs["w_down"].a_buff)  # the last relaxation's spikes
-        return to_state(self.spec, self._template, z=g(e.z), xhat=xhat, eps=g(e.eps),
-                        active=g(e.active), pending=g(e.pending), u=g(b.u), mu=g(b.mu),
-                        mus=g(b.mus), h=g(b.h), h_wake=g(b.h_wake),
-                        t_now_us=self.t_next_us - self.spec.tick_us)
+        out = {"z": g(e.z), "xhat": g(e.xhat) + g(self._procs["w_down"].a_buff),
+               "eps": g(e.eps), "active": g(e.active), "pending": g(e.pending), "u": g(b.u),
+               "mu": g(b.mu), "mus": g(b.mus), "h": g(b.h), "h_wake": g(b.h_wake)}
+        return {k: np.array(v, np.float64).ravel() for k, v in out.items()}
 
     def beliefs(self) -> np.ndarray:
         """μ at the end of the last tick run, shape (n1, K1) (columns being silenced read 0).
