@@ -3,15 +3,12 @@ fails with a message naming the extra (runs in the main test run, with or withou
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
 from click.testing import CliRunner
 
 from augury.cli import main
-
-HAS_LAVA = importlib.util.find_spec("lava.magma") is not None
 
 
 def test_importing_augury_does_not_import_lava() -> None:
@@ -23,13 +20,27 @@ def test_importing_augury_does_not_import_lava() -> None:
     assert r.stdout.strip() == "[]"
 
 
-def test_run_backend_lava_names_the_extra_or_the_missing_sidecar() -> None:
-    r = CliRunner().invoke(main, ["run", "--backend", "lava", "--max-batches", "1"])
-    assert r.exit_code != 0
-    if HAS_LAVA:
-        assert "not implemented yet" in r.output and "lava-serve" in r.output
-    else:
-        assert "pip install 'augury[lava]'" in r.output and "Python 3.10" in r.output
+def test_run_backend_lava_without_lava_names_the_extra_and_the_option() -> None:
+    """No lava-nc for this interpreter (hidden in a fresh one, whether or not it is
+    installed) and no --lava-python: a clear error before anything starts."""
+    code = ("import importlib.util as u\n"
+            "u.find_spec = lambda name, *a: None\n"
+            "from augury.cli import main\n"
+            "main(['run', '--backend', 'lava', '--max-batches', '1', '--control', 'none',"
+            " '--publish', 'tcp://127.0.0.1:0'])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "pip install 'augury[lava]'" in r.stderr and "Python 3.10" in r.stderr
+    assert "--lava-python" in r.stderr
+
+
+def test_run_backend_lava_with_a_bad_interpreter_is_a_clear_error() -> None:
+    r = CliRunner().invoke(main, ["run", "--backend", "lava", "--max-batches", "1",
+                                  "--lava-python", "/nonexistent/python3.10",
+                                  "--control", "none", "--publish", "tcp://127.0.0.1:0"])
+    assert r.exit_code == 1
+    assert "cannot start the Lava sidecar with '/nonexistent/python3.10'" in r.output
 
 
 def test_require_lava_without_lava_names_the_extra() -> None:

@@ -12,13 +12,14 @@ multipart ``[header JSON, payload frames…]`` (schema ``lava-sidecar/0``):
   → ``{"ok", "t_next_us"}``;
 * ``{"cmd": "feed", "seq", "t_end_us"}`` + events (EVENT_DTYPE bytes)
   → ``{"ok", "seq", "ticks", "t_next_us", "shape"}`` + μ (float64 bytes, (n1, K1));
+  with ``"reply": "layer1"`` → ``{"ok", "seq", "ticks", "t_next_us", "arrays": [names]}``
+  + one float64 frame per name (``LavaLayer1.inference_arrays``; none if no tick ran);
 * ``{"cmd": "state"}`` → ``{"ok"}`` + the State as a checkpoint (.npz bytes);
 * ``{"cmd": "close"}`` → ``{"ok"}``, then the sidecar exits.
 
 A failed request is answered ``{"ok": false, "error": message}`` (a Lava model's traceback
 included); the sidecar keeps serving, except after a Lava failure, which closes the network
-(``load`` starts a new one). Not done yet: the daemon side (``augury run --backend lava``),
-the published read-out topics, and streaming through Lava's Injector/Extractor.
+(``load`` starts a new one). The daemon side is ``augury.lava.backend.LavaNetwork``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def _handle(layer: Any, header: dict[str, Any], frames: list[bytes]) -> tuple[An
             raise ValueError("feed needs one payload frame of EVENT_DTYPE records")
         ev = np.frombuffer(frames[0], EVENT_DTYPE)
         ticks = layer.feed(ev, int(header["t_end_us"]))
+        if header.get("reply") == "layer1":  # every inference variable, for the host engine
+            arrays = layer.inference_arrays() if ticks else {}
+            return layer, [{"ok": True, "seq": header.get("seq"), "ticks": ticks,
+                            "t_next_us": layer.t_next_us, "arrays": list(arrays)},
+                           *(np.ascontiguousarray(a, np.float64) for a in arrays.values())]
         mu = np.ascontiguousarray(layer.beliefs())
         return layer, [{"ok": True, "seq": header.get("seq"), "ticks": ticks,
                         "t_next_us": layer.t_next_us, "shape": list(mu.shape)}, mu]
@@ -86,7 +92,10 @@ def serve(bind: str, *, idle_poll_ms: int = 500) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(bind)
     print(json.dumps({"endpoint": sock.getsockopt_string(zmq.LAST_ENDPOINT),
-                      "schema": SCHEMA}), flush=True)
+                      "schema": SCHEMA, "pid": os.getpid()}), flush=True)
+    # nobody reads our stdout after this line: anything Lava prints goes to stderr instead,
+    # so that a full pipe can never block the sidecar
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     layer = None
     try:
         while True:
