@@ -102,6 +102,8 @@ class LavaNetwork(Network):
         chunk_ticks: ticks per guarded Lava run (the host syncs every clocked tick anyway).
     """
 
+    engine = "lava"  # published in ``stats`` (``backend`` stays "numba": the host's kernels)
+
     def __init__(self, spec: ModelSpec, layer1: Layer1Server, *,
                  chunk_ticks: int = 50) -> None:
         check_spec(spec)
