@@ -3,7 +3,8 @@
 Usage (in the Python 3.10 venv with the ``lava`` extra, e.g. ``.venv-lava`` of
 ``make lava-test``)::
 
-    python -m tools.bench.lava [--quick] [--serve-ms MS] [--spec key=value ...]
+    python -m tools.bench.lava [--quick] [--serve-ms MS] [--read extractor|var]
+        [--spec key=value ...]
 
 Input: the DAVIS240C rotating disk (``davis240c_rotdisk.aedat``), the whole 240×180 sensor
 (pool from the sensor size, Lava ``Sparse`` connections), or with ``--quick`` a 32×32 px
@@ -13,7 +14,8 @@ learns on the first ``--train-ms`` of the recording (10 ms batches), learning is
 frozen, and the next ``--serve-ms`` are replayed in 10 ms batches through:
 
 * numba: ``Network.advance`` (layer 1 and the clocked work: forecast units, rate experts);
-* Lava layer 1 alone: ``LavaLayer1.feed`` (Injector in, Extractor out), chunks of 50 ticks;
+* Lava layer 1 alone: ``LavaLayer1.feed`` (Injector in; state read back at the end of each
+  batch through Extractors, or with ``--read var`` through ``Var.get``), chunks of 50 ticks;
 * the Lava backend as the daemon runs it: ``LavaNetwork`` with an in-process Lava layer 1,
   synced at every clocked tick (learn_us, horizon_us), plus a read-out every batch.
 
@@ -80,7 +82,8 @@ def copy_of(net: Network) -> Network:
     return out
 
 
-def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object]) -> dict:
+def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object],
+        extract: bool = True) -> dict:
     from augury.lava.backend import LavaNetwork, LocalLayer1
     from augury.lava.layer1 import LavaLayer1
 
@@ -108,7 +111,7 @@ def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object])
     numba_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    layer = LavaLayer1(spec, net.state, chunk_ticks=50)
+    layer = LavaLayer1(spec, net.state, chunk_ticks=50, extract=extract)
     try:
         layer.feed(bs[0].events, bs[0].t_end_us)  # build, compile, first chunk
         startup = time.perf_counter() - t
@@ -116,13 +119,14 @@ def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object])
         t = time.perf_counter()
         for b in bs[1:]:
             layer.feed(b.events, b.t_end_us)
+            layer.inference_arrays()  # what the backend reads back at a sync
         lava_s = time.perf_counter() - t
         lava_ticks = layer.ticks_run - ticks0
     finally:
         layer.close()
     lava_ev = n_ev - bs[0].events.size
 
-    back = LavaNetwork.from_network(net, LocalLayer1(), chunk_ticks=50)
+    back = LavaNetwork.from_network(net, LocalLayer1(extract=extract), chunk_ticks=50)
     try:
         back.advance(bs[0])
         back.readout()
@@ -141,9 +145,9 @@ def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object])
     backend_events_s = lava_ev / back_s
     rest_s = stream_s - (bs[0].t_end_us - bs[0].t_start_us) / 1e6
     return {
-        "sensor": f"{w}x{h}", "pool": pool, "columns": spec.n1,
-        "neurons": spec.n1 * (spec.d1 + spec.k1), "events": n_ev, "serve_ms": serve_ms,
-        "ticks": ticks,
+        "sensor": f"{w}x{h}", "pool": pool, "read": "extractor" if extract else "var",
+        "columns": spec.n1, "neurons": spec.n1 * (spec.d1 + spec.k1), "events": n_ev,
+        "serve_ms": serve_ms, "ticks": ticks,
         "lava_steps_s": lava_ticks * spt / lava_s,
         "lava_events_s": lava_events_s,
         "numba_events_s": numba_events_s,
@@ -167,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="stream time replayed through each engine (default 500, quick 300)")
     ap.add_argument("--train-ms", type=int, default=1_500,
                     help="numba learns on the recording's first MS (default 1500)")
+    ap.add_argument("--read", choices=("extractor", "var"), default="extractor",
+                    help="how the state comes back from Lava (default: extractor)")
     add_spec_argument(ap)
     args = ap.parse_args(argv)
     if not ROTDISK.exists():
@@ -178,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     except LavaError as exc:
         raise SystemExit(str(exc)) from exc
     serve_ms = args.serve_ms or (300 if args.quick else 500)
-    res = run(args.quick, serve_ms, args.train_ms, spec_overrides(args.spec))
+    res = run(args.quick, serve_ms, args.train_ms, spec_overrides(args.spec),
+              extract=args.read == "extractor")
     for k, v in res.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in res.items()}))
