@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from augury.cli import main
@@ -67,3 +68,35 @@ def test_lava_serve_without_lava_names_the_extra() -> None:
                        timeout=120)
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "pip install 'augury[lava]'" in r.stderr
+
+
+def test_build_daemon_starts_the_sidecar_before_any_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--backend lava``: the sidecar is started (subprocess) before the daemon opens its
+    source or starts any thread; a failure to start leaves nothing behind."""
+    import threading
+
+    from augury import daemon
+    from augury.config import load_config
+    from augury.lava import sidecar_client
+
+    seen: list[int] = []
+
+    def fake_start(python: str, **kw: object) -> None:
+        seen.append(threading.active_count())
+        raise sidecar_client.SidecarError("stop here")
+
+    def no_source(*a: object, **kw: object) -> None:
+        raise AssertionError("the source was opened before the sidecar started")
+
+    monkeypatch.setattr(sidecar_client, "start_sidecar", fake_start)
+    monkeypatch.setattr(daemon, "open_source", no_source)
+    before = threading.active_count()
+    try:
+        daemon.build_daemon(load_config(None, {}), backend="lava", lava_python="python3.10")
+    except sidecar_client.SidecarError as exc:
+        assert "stop here" in str(exc)
+    else:
+        raise AssertionError("build_daemon did not fail")
+    assert seen == [before]
+    assert threading.active_count() == before
