@@ -99,18 +99,22 @@ class LavaNetwork(Network):
     Args:
         spec: one layer, ``clocked_input``, ``settle = 0`` (``convert.check_spec``).
         layer1: the Lava side (``SidecarClient`` or ``LocalLayer1``); closed by ``close``.
-        chunk_ticks: ticks per guarded Lava run (the host syncs every clocked tick anyway).
+        chunk_ticks: ticks per guarded Lava run; default: the longest gap between two
+            clocked ticks, min(learn_us, horizon_us) / tick_us (5), the most one sync runs.
+            It also sizes the Extractors' buffers (one state message per Lava step), so a
+            larger value only costs shared memory.
     """
 
     engine = "lava"  # published in ``stats`` (``backend`` stays "numba": the host's kernels)
 
     def __init__(self, spec: ModelSpec, layer1: Layer1Server, *,
-                 chunk_ticks: int = 50) -> None:
+                 chunk_ticks: int | None = None) -> None:
         check_spec(spec)
         super().__init__(spec)
         self.learning = False
         self.layer1 = layer1
-        self.chunk_ticks = chunk_ticks
+        self.chunk_ticks = chunk_ticks or max(1, min(spec.learn_us, spec.horizon_us)
+                                              // spec.tick_us)
         self.syncs = 0  # round trips to the Lava side (one per clocked tick and batch end)
         self._t_next: int | None = None  # the next tick Lava runs; None: not loaded
 

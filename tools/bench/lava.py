@@ -15,7 +15,7 @@ frozen, and the next ``--serve-ms`` are replayed in 10 ms batches through:
 
 * numba: ``Network.advance`` (layer 1 and the clocked work: forecast units, rate experts);
 * Lava layer 1 alone: ``LavaLayer1.feed`` (Injector in; state read back at the end of each
-  batch through Extractors, or with ``--read var`` through ``Var.get``), chunks of 50 ticks;
+  batch through Extractors, or with ``--read var`` through ``Var.get``), one chunk a batch;
 * the Lava backend as the daemon runs it: ``LavaNetwork`` with an in-process Lava layer 1,
   synced at every clocked tick (learn_us, horizon_us), plus a read-out every batch.
 
@@ -111,7 +111,7 @@ def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object],
     numba_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    layer = LavaLayer1(spec, net.state, chunk_ticks=50, extract=extract)
+    layer = LavaLayer1(spec, net.state, chunk_ticks=BATCH_US // spec.tick_us, extract=extract)
     try:
         layer.feed(bs[0].events, bs[0].t_end_us)  # build, compile, first chunk
         startup = time.perf_counter() - t
@@ -126,7 +126,7 @@ def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object],
         layer.close()
     lava_ev = n_ev - bs[0].events.size
 
-    back = LavaNetwork.from_network(net, LocalLayer1(extract=extract), chunk_ticks=50)
+    back = LavaNetwork.from_network(net, LocalLayer1(extract=extract))
     try:
         back.advance(bs[0])
         back.readout()
