@@ -11,9 +11,11 @@ multipart ``[header JSON, payload frames…]`` (schema ``lava-sidecar/0``):
 * ``{"cmd": "load", "chunk_ticks": n}`` + a checkpoint (.npz bytes, ``save_npz``)
   → ``{"ok", "t_next_us"}``;
 * ``{"cmd": "feed", "seq", "t_end_us"}`` + events (EVENT_DTYPE bytes)
-  → ``{"ok", "seq", "ticks", "t_next_us", "shape"}`` + μ (float64 bytes, (n1, K1));
-  with ``"reply": "layer1"`` → ``{"ok", "seq", "ticks", "t_next_us", "arrays": [names]}``
-  + one float64 frame per name (``LavaLayer1.inference_arrays``; none if no tick ran);
+  → ``{"ok", "seq", "ticks", "t_next_us", "shape", "shm"}`` + μ (float64 bytes, (n1, K1));
+  with ``"reply": "layer1"`` → ``{"ok", "seq", "ticks", "t_next_us", "arrays": [names],
+  "shm"}`` + one float64 frame per name (``LavaLayer1.inference_arrays``; none if no tick
+  ran); ``shm``: the names of the Lava run's shared-memory segments in /dev/shm, which the
+  client removes if the sidecar dies (nothing else could);
 * ``{"cmd": "state"}`` → ``{"ok"}`` + the State as a checkpoint (.npz bytes);
 * ``{"cmd": "close"}`` → ``{"ok"}``, then the sidecar exits.
 
@@ -67,14 +69,18 @@ def _handle(layer: Any, header: dict[str, Any], frames: list[bytes]) -> tuple[An
             raise ValueError("feed needs one payload frame of EVENT_DTYPE records")
         ev = np.frombuffer(frames[0], EVENT_DTYPE)
         ticks = layer.feed(ev, int(header["t_end_us"]))
+        # the Lava run's shared-memory segments: the client removes them if we die
+        shm = layer.runner.shm_names if layer.runner is not None else []
         if header.get("reply") == "layer1":  # every inference variable, for the host engine
             arrays = layer.inference_arrays() if ticks else {}
             return layer, [{"ok": True, "seq": header.get("seq"), "ticks": ticks,
-                            "t_next_us": layer.t_next_us, "arrays": list(arrays)},
+                            "t_next_us": layer.t_next_us, "arrays": list(arrays),
+                            "shm": shm},
                            *(np.ascontiguousarray(a, np.float64) for a in arrays.values())]
         mu = np.ascontiguousarray(layer.beliefs())
         return layer, [{"ok": True, "seq": header.get("seq"), "ticks": ticks,
-                        "t_next_us": layer.t_next_us, "shape": list(mu.shape)}, mu]
+                        "t_next_us": layer.t_next_us, "shape": list(mu.shape), "shm": shm},
+                       mu]
     if cmd == "state":
         return layer, [{"ok": True}, _checkpoint_bytes(layer.spec, layer.state())]
     raise ValueError(f"unknown command {cmd!r} (load, feed, state, close)")

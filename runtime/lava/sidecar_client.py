@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import selectors
 import subprocess
 import sys
@@ -117,14 +118,33 @@ class SidecarClient:
         self.liveness_s = float(liveness_s)
         self.proc = proc
         self._closed = False
+        self._shm: list[str] = []  # the sidecar's Lava shared-memory segments (its replies)
 
     def _dead(self) -> str | None:
-        """Why the sidecar is gone, or None while it runs (or is not ours to watch)."""
+        """Why the sidecar is gone, or None while it runs (or is not ours to watch). A dead
+        sidecar's shared-memory segments are removed here: nothing in it could."""
         if self.proc is None or self.proc.poll() is None:
             return None
+        removed = self._remove_shm()
         return (f"the Lava sidecar (pid {self.proc.pid}) died with exit code "
-                f"{self.proc.returncode}; its last output: "
+                f"{self.proc.returncode}"
+                + (f" (its {removed} shared-memory segments removed)" if removed else "")
+                + f"; its last output: "
                 f"{_tail(getattr(self.proc, 'stderr_log', None)) or '(none)'}")
+
+    def _remove_shm(self) -> int:
+        """Unlink the recorded /dev/shm segments of a dead sidecar; how many were there."""
+        n = 0
+        for name in self._shm:
+            if "/" in name or not name:
+                continue
+            try:
+                os.unlink(os.path.join("/dev/shm", name))
+                n += 1
+            except FileNotFoundError:
+                pass
+        self._shm = []
+        return n
 
     def _call(self, header: dict[str, Any], *frames: bytes) -> tuple[dict[str, Any],
                                                                      list[bytes]]:
@@ -144,6 +164,8 @@ class SidecarClient:
                                    f"{self.timeout_s} s")
         msg = self._sock.recv_multipart()
         reply = json.loads(msg[0])
+        if "shm" in reply:
+            self._shm = [str(n) for n in reply["shm"]]
         if not reply.get("ok"):
             raise SidecarError(f"{header.get('cmd')}: {reply.get('error')}")
         return reply, msg[1:]

@@ -77,6 +77,12 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _shm_of(pid: int) -> set[str]:
+    """Names of the /dev/shm segments that process ``pid`` maps."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return set(re.findall(r"/dev/shm/(\S+)", maps))
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -158,8 +164,8 @@ def test_run_backend_lava_publishes_and_forecasts_like_numba(
 
 def test_dead_sidecar_ends_the_run_with_a_clear_error(
         tmp_path: Path, trained: Network, rotdisk_crop: np.ndarray) -> None:
-    """The sidecar killed mid-run: the daemon exits 1 within 5 s naming it, and no process of
-    the sidecar's (its Lava children) is left."""
+    """The sidecar killed mid-run: the daemon exits 1 within 5 s naming it, no process of the
+    sidecar's (its Lava children) is left, and its shared-memory segments are removed."""
     npz, state, _ = _setup(tmp_path, trained, rotdisk_crop, 1_500)
     proc = _daemon(npz, state)
     try:
@@ -171,6 +177,8 @@ def test_dead_sidecar_ends_the_run_with_a_clear_error(
             assert sub.recv() is not None  # the engine is serving through the sidecar
             kids = _children(pid)
             assert kids, "the sidecar has no Lava children yet"
+            shm = _shm_of(pid)
+            assert shm, "the sidecar maps no shared memory"
             os.kill(pid, signal.SIGKILL)
             t_kill = time.monotonic()
             _, err = proc.communicate(timeout=30)
@@ -187,3 +195,6 @@ def test_dead_sidecar_ends_the_run_with_a_clear_error(
         time.sleep(0.1)
     assert not [k for k in kids if _alive(k)], "orphaned Lava processes"
     assert not _alive(pid)
+    # removed by the client (SidecarClient._remove_shm) or by the sidecar's multiprocessing
+    # resource tracker, whichever comes first
+    assert not [n for n in shm if (Path("/dev/shm") / n).exists()], "shared memory left"
