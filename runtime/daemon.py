@@ -160,6 +160,13 @@ def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0, backend: str = 
             from augury.lava.backend import LavaNetwork
 
             network = LavaNetwork.from_network(network, lava)
+            if network.learning:
+                n = network.write_elements
+                log.warning("--backend lava with learning on: every learning epoch (%d µs) "
+                            "writes about %d values into Lava through Var.set (≈ 15 µs each, "
+                            "≈ %.2f s): slow; serve a checkpoint trained with --backend numba "
+                            "with learning off (control: pause_learning) for speed",
+                            network.spec.learn_us, n, n * 15e-6)
         publisher = Publisher(cfg.publish.endpoint, hwm=cfg.publish.hwm,
                               isolate_slow_subscribers=cfg.publish.isolate_slow_subscribers)
         if cfg.control.endpoint.lower() != "none":

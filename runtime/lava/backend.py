@@ -14,9 +14,12 @@ sees layer 1 at the last tick run. The Lava side is any ``Layer1Server``: the si
 ``SidecarClient`` in the daemon, ``LocalLayer1`` (in-process ``LavaLayer1``) in tests and
 the benchmark. Nothing here imports Lava.
 
-Learning is frozen: the Lava network is built from the State's W1, π1, thresholds and
-curvatures, and a learning epoch on the host would have to write them back into Lava every
-``learn_us`` (docs/lava.md). ``resume_learning`` is refused.
+Learning runs on the host: at a learning epoch (learning on) ``_tick_clocked`` learns on
+the State as the numba engine does (precisions, the Bayesian synapse W1, homeostasis, then
+x̂, u and h refreshed), and the new W1, π1, thresholds, curvatures, x̂ and u are written into
+Lava (``Layer1Server.write_learned``) before the next tick. Lava 0.10 writes a Var element
+by element (≈ 15 µs each), so this is slow: serve a trained checkpoint with learning off for
+speed (docs/lava.md).
 
 Known differences from the numba engine (docs/lava.md): events after the last tick of a
 batch reach Lava's traces at the next tick (numba adds them at ``t_end``), so a read-out
@@ -33,7 +36,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from augury.control import RequestError
 from augury.events import EventBatch
 from augury.lava.convert import LavaSpecError, check_spec, layer1_params, to_state
 from augury.model import kernels
@@ -53,6 +55,9 @@ class Layer1Server(Protocol):
     def feed_layer1(self, events: np.ndarray, t_end_us: int,
                     seq: int = 0) -> tuple[int, dict[str, np.ndarray]]:
         """Run every tick ≤ t_end_us; (ticks run, ``LavaLayer1.inference_arrays``)."""
+
+    def write_learned(self, spec: ModelSpec, st: State) -> None:
+        """Write a learning epoch's new parameters (``LavaLayer1.write_learned``)."""
 
     def close(self) -> None:
         """Stop serving."""
@@ -77,6 +82,9 @@ class LocalLayer1:
         ticks = self.layer.feed(events, t_end_us)
         return ticks, (self.layer.inference_arrays() if ticks else {})
 
+    def write_learned(self, spec: ModelSpec, st: State) -> None:
+        self.layer.write_learned(st)
+
     def close(self) -> None:
         if self.layer is not None:
             self.layer.close()
@@ -94,7 +102,8 @@ def clocked_ticks(spec: ModelSpec, t0_us: int, t1_us: int) -> list[int]:
 
 
 class LavaNetwork(Network):
-    """``Network`` whose layer-1 inference runs in Lava behind ``layer1`` (inference only).
+    """``Network`` whose layer-1 inference runs in Lava behind ``layer1``; everything else,
+    learning included, runs on the host with the numba engine's kernels.
 
     Args:
         spec: one layer, ``clocked_input``, ``settle = 0`` (``convert.check_spec``).
@@ -111,30 +120,29 @@ class LavaNetwork(Network):
                  chunk_ticks: int | None = None) -> None:
         check_spec(spec)
         super().__init__(spec)
-        self.learning = False
         self.layer1 = layer1
         self.chunk_ticks = chunk_ticks or max(1, min(spec.learn_us, spec.horizon_us)
                                               // spec.tick_us)
         self.syncs = 0  # round trips to the Lava side (one per clocked tick and batch end)
+        self.writes = 0  # learning epochs written into Lava
         self._t_next: int | None = None  # the next tick Lava runs; None: not loaded
+
+    @property
+    def write_elements(self) -> int:
+        """Values one learning epoch writes into Lava (W1 twice as Sparse entries, π1, the
+        thresholds, x̂, u, h, h_wake; Dense writes its whole block-diagonal matrices)."""
+        s = self.spec
+        return 2 * s.n1 * s.d1 * s.k1 + 3 * s.n1 * s.d1 + 4 * s.n1 * s.k1
 
     @classmethod
     def from_network(cls, net: Network, layer1: Layer1Server, **kw: Any) -> LavaNetwork:
         """A LavaNetwork starting from ``net``'s state (e.g. resumed from a checkpoint)."""
         out = cls(net.spec, layer1, **kw)
-        d = net.state_dict()
-        d.pop("__learning__", None)
-        out.load_state_dict(d)
+        out.load_state_dict(net.state_dict())  # the learning flag included
         return out
-
-    # -- learning: frozen ---------------------------------------------------------------------
-    def resume_learning(self) -> None:
-        raise RequestError("the Lava backend serves frozen weights: learning stays off (train "
-                           "with --backend numba and the same --state-dir)")
 
     # -- state: any change re-anchors the Lava side at the next batch --------------------------
     def load_state_dict(self, d: dict[str, np.ndarray]) -> None:
-        d = {k: v for k, v in d.items() if k != "__learning__"}
         super().load_state_dict(d)
         self._t_next = None
 
@@ -208,10 +216,17 @@ class LavaNetwork(Network):
         self._count(events)
         if clocked and ticks:
             st, sc, p = self.state, self._scratch, self.params
-            if st.active.any():
-                kernels._tick_clocked(st, sc, p, t_us, False)
-            else:  # the numba engine's clock stops: the rate experts see a silent window
-                kernels._silent_windows(st, sc, p, t_us, t_us, False)
+            learn = bool(self.learning)
+            if not st.active.any():  # numba's clock stops: the rate experts see silent windows
+                kernels._silent_windows(st, sc, p, t_us, t_us, learn)
+                return
+            if learn:  # what run_batch sets up before any tick: W1ᵀ and the thresholds
+                kernels._transpose_w1(st, sc)
+                kernels._thresholds(st, sc, p)
+            kernels._tick_clocked(st, sc, p, t_us, learn)
+            if learn and t_us % self.spec.learn_us == 0:
+                self.layer1.write_learned(self.spec, st)
+                self.writes += 1
 
     def _count(self, events: np.ndarray) -> None:
         """Each event into its channel's count of the current window (``State.ncnt``, as

@@ -227,6 +227,37 @@ class LavaLayer1:
         self._template = State(*[a.copy() for a in state])
         self._last = None  # the extracted state is the old one: read Vars until a chunk runs
 
+    def write_learned(self, state: State) -> None:
+        """Write what a learning epoch on the host changed into the running network, between
+        chunks: W1 (both connections), π1, the thresholds θ_e g √π, the curvatures h (and
+        those of waking columns), and the refreshed x̂ = W μ̂, u = Wᵀ ε̂. ``state`` is the
+        host's State at the tick just run, after ``kernels._tick_clocked`` learned on it.
+
+        Every value goes through ``Var.set``, which Lava 0.10 moves element by element
+        (≈ 15 µs each): the weights dominate (2 · n1·D1·K1 entries with Sparse, the whole
+        block-diagonal matrices with Dense).
+        """
+        if self._runner is None:
+            raise LavaError("LavaLayer1.write_learned: run a chunk first")
+        p = layer1_params(self.spec, state)
+        if p.t_first_us != self.t_next_us:
+            raise LavaError(f"LavaLayer1.write_learned: the State ends at "
+                            f"{p.t_first_us - self.spec.tick_us} µs, the Lava network at "
+                            f"{self.t_next_us - self.spec.tick_us} µs")
+        w_down = block_diag(p.w_blocks, sparse=self.sparse)
+        w_up = w_down.T.tocsr() if self.sparse else np.ascontiguousarray(w_down.T)
+        e, b = self._procs["err"], self._procs["bel"]
+        for var, v in ((e.pi, p.pi), (e.thr, p.thr), (e.xhat, p.xhat), (b.u, p.u),
+                       (b.h, p.h), (b.h_wake, p.h_wake),
+                       (self._procs["w_down"].weights, w_down),
+                       (self._procs["w_up"].weights, w_up),
+                       (self._procs["w_down"].a_buff, np.zeros_like(p.z)),
+                       (self._procs["w_up"].a_buff, np.zeros_like(p.u))):
+            self._runner.set(var, v)
+        self.params = p._replace(t_first_us=self.params.t_first_us)  # t_next_us counts from it
+        self._template = State(*[a.copy() for a in state])
+        self._last = None  # the extracted state predates the write
+
     # -- reading ----------------------------------------------------------------------------
     def state(self) -> State:
         """The numba State at the end of the last tick run (learned arrays from the State

@@ -16,6 +16,8 @@ multipart ``[header JSON, payload frames…]`` (schema ``lava-sidecar/0``):
   "shm"}`` + one float64 frame per name (``LavaLayer1.inference_arrays``; none if no tick
   ran); ``shm``: the names of the Lava run's shared-memory segments in /dev/shm, which the
   client removes if the sidecar dies (nothing else could);
+* ``{"cmd": "learned"}`` + the host's State after a learning epoch (.npz bytes) → ``{"ok"}``
+  (``LavaLayer1.write_learned``);
 * ``{"cmd": "state"}`` → ``{"ok"}`` + the State as a checkpoint (.npz bytes);
 * ``{"cmd": "close"}`` → ``{"ok"}``, then the sidecar exits.
 
@@ -81,9 +83,15 @@ def _handle(layer: Any, header: dict[str, Any], frames: list[bytes]) -> tuple[An
         return layer, [{"ok": True, "seq": header.get("seq"), "ticks": ticks,
                         "t_next_us": layer.t_next_us, "shape": list(mu.shape), "shm": shm},
                        mu]
+    if cmd == "learned":  # a learning epoch on the host: new W1, π1, thresholds, h, x̂, u
+        if len(frames) != 1:
+            raise ValueError("learned needs one payload frame (the checkpoint)")
+        _, st = load_npz(io.BytesIO(frames[0]))
+        layer.write_learned(st)
+        return layer, [{"ok": True}]
     if cmd == "state":
         return layer, [{"ok": True}, _checkpoint_bytes(layer.spec, layer.state())]
-    raise ValueError(f"unknown command {cmd!r} (load, feed, state, close)")
+    raise ValueError(f"unknown command {cmd!r} (load, feed, learned, state, close)")
 
 
 def serve(bind: str, *, idle_poll_ms: int = 500) -> int:

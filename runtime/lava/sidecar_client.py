@@ -196,6 +196,12 @@ class SidecarClient:
                   for name, f in zip(reply["arrays"], frames, strict=True)}
         return int(reply["ticks"]), arrays
 
+    def write_learned(self, spec: ModelSpec, st: State) -> None:
+        """After a learning epoch on the host: write W1, π1, thresholds, h, x̂, u into Lava."""
+        buf = io.BytesIO()
+        save_npz(buf, spec, st)
+        self._call({"cmd": "learned"}, buf.getvalue())
+
     def state(self) -> tuple[ModelSpec, State]:
         """The served network's State (a checkpoint the numba engine can continue from)."""
         _, frames = self._call({"cmd": "state"})

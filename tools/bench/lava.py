@@ -3,7 +3,7 @@
 Usage (in the Python 3.10 venv with the ``lava`` extra, e.g. ``.venv-lava`` of
 ``make lava-test``)::
 
-    python -m tools.bench.lava [--quick] [--serve-ms MS] [--read extractor|var]
+    python -m tools.bench.lava [--quick] [--serve-ms MS] [--read extractor|var] [--learn]
         [--spec key=value ...]
 
 Input: the DAVIS240C rotating disk (``davis240c_rotdisk.aedat``), the whole 240×180 sensor
@@ -18,6 +18,10 @@ frozen, and the next ``--serve-ms`` are replayed in 10 ms batches through:
   batch through Extractors, or with ``--read var`` through ``Var.get``), one chunk a batch;
 * the Lava backend as the daemon runs it: ``LavaNetwork`` with an in-process Lava layer 1,
   synced at every clocked tick (learn_us, horizon_us), plus a read-out every batch.
+
+With ``--learn`` numba and the backend keep learning while they serve (the backend learns on
+the host and writes the new parameters into Lava every epoch: ``backend_writes``); Lava
+layer 1 alone is the same inference run either way.
 
 Reported: lava_steps_s (Lava steps per second of layer 1 alone; a tick is 2·relax_steps
 steps), lava_events_s, numba_events_s, numba_ticks_s, numba_over_lava (numba events/s ÷
@@ -83,7 +87,7 @@ def copy_of(net: Network) -> Network:
 
 
 def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object],
-        extract: bool = True) -> dict:
+        extract: bool = True, learn: bool = False) -> dict:
     from augury.lava.backend import LavaNetwork, LocalLayer1
     from augury.lava.layer1 import LavaLayer1
 
@@ -98,6 +102,8 @@ def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object],
     train_us = train_ms * 1000
     t1 = train_us + serve_ms * 1000
     net = trained(spec, ev, train_us)
+    if learn:
+        net.resume_learning()
     bs = served(ev, train_us, t1)
     n_ev = sum(b.events.size for b in bs)
     stream_s = serve_ms / 1000
@@ -136,7 +142,7 @@ def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object],
             back.readout()
         back_s = time.perf_counter() - t
         dmu = float(np.abs(back.state.mu1 - ref.state.mu1).max())
-        syncs = back.syncs
+        syncs, writes = back.syncs, back.writes
     finally:
         back.close()
 
@@ -157,7 +163,7 @@ def run(quick: bool, serve_ms: int, train_ms: int, overrides: dict[str, object],
         "backend_events_s": backend_events_s,
         "backend_realtime_factor": rest_s / back_s,
         "numba_over_backend": numba_events_s / backend_events_s,
-        "backend_syncs": syncs,
+        "backend_syncs": syncs, "learn": learn, "backend_writes": writes,
         "startup_s": startup,
         "max_abs_dmu": dmu,
     }
@@ -173,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="numba learns on the recording's first MS (default 1500)")
     ap.add_argument("--read", choices=("extractor", "var"), default="extractor",
                     help="how the state comes back from Lava (default: extractor)")
+    ap.add_argument("--learn", action="store_true",
+                    help="numba and the backend learn while serving (the layer alone: same)")
     add_spec_argument(ap)
     args = ap.parse_args(argv)
     if not ROTDISK.exists():
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(exc)) from exc
     serve_ms = args.serve_ms or (300 if args.quick else 500)
     res = run(args.quick, serve_ms, args.train_ms, spec_overrides(args.spec),
-              extract=args.read == "extractor")
+              extract=args.read == "extractor", learn=args.learn)
     for k, v in res.items():
         print(f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}")
     print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in res.items()}))
