@@ -312,7 +312,7 @@ def _overrides(**opts: object) -> dict[str, object]:
 @click.option("--print-config", is_flag=True, help="Print the effective config and exit.")
 @click.option("--backend", type=click.Choice(["numba", "lava"]), default="numba",
               show_default=True, help="Engine; lava runs layer 1 in Lava through a Python "
-              "3.10 sidecar with the 'lava' extra (learning frozen; docs/lava.md).")
+              "3.10 sidecar with the 'lava' extra; learning with it is slow (docs/lava.md).")
 @click.option("--lava-python", type=click.Path(dir_okay=False), default=None,
               help="--backend lava: the Python 3.10 interpreter with the 'lava' extra that "
               "runs the sidecar [this interpreter, if it has lava-nc].")
