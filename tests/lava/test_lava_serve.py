@@ -38,10 +38,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _setup(tmp_path: Path, trained: Network, crop: np.ndarray,
-           serve_ms: int) -> tuple[Path, Path, np.ndarray]:
+def _setup(tmp_path: Path, trained: Network, crop: np.ndarray, serve_ms: int,
+           learning: bool = False) -> tuple[Path, Path, np.ndarray]:
     """The served piece as an .npz in tmp_path (never in the repo) and a state directory
-    holding the trained network (learning off) as its checkpoint."""
+    holding the trained network as its checkpoint (learning off unless ``learning``)."""
     t1 = T_SERVE_US + serve_ms * 1000
     ev = crop[(crop["t"] >= T_SERVE_US) & (crop["t"] < t1)]
     npz = tmp_path / "crop.npz"
@@ -50,7 +50,7 @@ def _setup(tmp_path: Path, trained: Network, crop: np.ndarray,
     arrays = trained.state_dict()
     arrays.pop("__learning__")
     save_checkpoint(state, arrays, {"schema": 1, "spec": trained.spec_json(),
-                                    "t_us": trained.t_us, "learning": False})
+                                    "t_us": trained.t_us, "learning": learning})
     return npz, state, ev
 
 
@@ -91,11 +91,12 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def numba_forecasts(trained: Network, ev: np.ndarray, t1_us: int) -> dict[int, np.ndarray]:
-    """count_mean after each 10 ms batch of the numba engine (learning frozen), by t_us."""
+def numba_forecasts(trained: Network, ev: np.ndarray, t1_us: int,
+                    learning: bool = False) -> dict[int, np.ndarray]:
+    """count_mean after each 10 ms batch of the numba engine, by t_us."""
     net = Network(trained.spec)
     net.load_state_dict(trained.state_dict())
-    net.freeze_learning()
+    (net.resume_learning if learning else net.freeze_learning)()
     out = {}
     for a in range(T_SERVE_US, t1_us, 10_000):
         b = EventBatch(ev[(ev["t"] >= a) & (ev["t"] < a + 10_000)], a, a + 10_000, 0)
@@ -116,12 +117,16 @@ def score(spec: object, forecasts: dict[int, np.ndarray], ev: np.ndarray,
     return ll, n_ev
 
 
+@pytest.mark.parametrize(("learning", "serve_ms"), [(False, SERVE_MS), (True, 200)],
+                         ids=["frozen", "learning"])
 def test_run_backend_lava_publishes_and_forecasts_like_numba(
-        tmp_path: Path, trained: Network, rotdisk_crop: np.ndarray) -> None:
+        tmp_path: Path, trained: Network, rotdisk_crop: np.ndarray, learning: bool,
+        serve_ms: int) -> None:
     """All four topics arrive; the forecast log-likelihood per event over the served piece
-    is within 0.02 nats/event of the numba engine's on the same spec, checkpoint and input."""
-    npz, state, ev = _setup(tmp_path, trained, rotdisk_crop, SERVE_MS)
-    t1 = T_SERVE_US + SERVE_MS * 1000
+    is within 0.02 nats/event of the numba engine's on the same spec, checkpoint and input,
+    with learning off and (a shorter piece: it writes Lava's parameters every 5 ms) on."""
+    npz, state, ev = _setup(tmp_path, trained, rotdisk_crop, serve_ms, learning)
+    t1 = T_SERVE_US + serve_ms * 1000
     proc = _daemon(npz, state)
     got: dict[str, list] = {t: [] for t in (*TOPICS, "dictionary")}
     try:
@@ -147,14 +152,16 @@ def test_run_backend_lava_publishes_and_forecasts_like_numba(
     assert {m.meta["engine"] for m in got["stats"]} == {"lava"}
     lava = {m.stream_time_us: m.arrays["count_mean"].astype(np.float64)
             for m in got["prediction"]}
-    ref = numba_forecasts(trained, ev, t1)
+    ref = numba_forecasts(trained, ev, t1, learning)
     times = sorted(t for t in lava if t + trained.spec.horizon_us <= t1)
-    assert len(times) >= SERVE_MS // 10 - 2  # a forecast every 10 ms, none lost
+    assert len(times) >= serve_ms // 10 - 2  # a forecast every 10 ms, none lost
     ll_lava, n_ev = score(trained.spec, lava, ev, times)
     ll_numba, n_ev2 = score(trained.spec, ref, ev, times)
-    assert n_ev == n_ev2 and n_ev > 1_000
+    assert n_ev == n_ev2 and n_ev > 500
+    assert {m.meta["learning"] for m in got["stats"]} == {learning}
     diff = abs(ll_lava - ll_numba) / n_ev
-    print(f"forecast log-likelihood: lava {ll_lava / n_ev:.6f}, numba {ll_numba / n_ev:.6f} "
+    print(f"learning={learning}: forecast log-likelihood: lava {ll_lava / n_ev:.6f}, "
+          f"numba {ll_numba / n_ev:.6f} "
           f"nats/event over {n_ev} events in {len(times)} windows; |diff| {diff:.2e}")
     assert diff <= 0.02
     mu = got["beliefs"][-1].arrays["mu_l1"]
