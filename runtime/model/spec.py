@@ -21,6 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+SHARED_FITS = ("poisson", "squares")
+"""How the shared linear forecaster is fitted (``ModelSpec.shared_fit``): Poisson weights
+1 / (z Δ/τ + c) on its samples (the count's variance read from the channel's own trace), or
+plain least squares."""
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -78,6 +83,8 @@ class ModelSpec:
     mix_memory_us: int = 2_000_000  # time constant of the experts' discounted log-evidence
     mix_share: float = 1.0  # weight of the sensor-wide evidence in each channel's mixture
     mix_shared: bool = True  # the shared linear forecaster is one of the rate experts
+    shared_fit: str = "poisson"  # its fit: "poisson" (weights 1/(zΔ/τ + c)) or "squares"
+    shared_floor: float = 0.3  # c: count floor of those weights (events per cell, window)
 
     def __post_init__(self) -> None:
         if isinstance(self.mix_taus_us, list):
@@ -120,6 +127,7 @@ class ModelSpec:
             _check_float(self, name, 0.0, math.inf, lo_open=False)
         _check_float(self, "curv_mix", 0.0, 1.0, lo_open=False)
         _check_float(self, "mix_share", 0.0, math.inf, lo_open=False)
+        _check_float(self, "shared_floor", 0.0, math.inf, lo_open=True)
         for name in ("kappa", "alpha", "baseline_beta"):
             _check_float(self, name, 0.0, 1.0, lo_open=True)
         for name in ("pi_prior", "s2_init", "a_s2_init", "v0", "pi_min", "pi_max", "w_max"):
@@ -133,6 +141,9 @@ class ModelSpec:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelSpec.{name} must be a bool, got "
                                  f"{getattr(self, name)!r}")
+        if self.shared_fit not in SHARED_FITS:
+            raise ValueError(f"ModelSpec.shared_fit must be one of {SHARED_FITS}, got "
+                             f"{self.shared_fit!r}")
 
     # -- derived geometry -------------------------------------------------------------------
     @property
