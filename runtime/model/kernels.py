@@ -887,12 +887,11 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
     weights): Λ ← λ Λ + Σ ω x xᵀ, b ← λ b + Σ ω x n, w = Λ⁻¹ b, over a rotating quarter of
     the channels at each tick (thousands of samples for NF weights; a quarter of the cost) —
     those of silent columns have features (0, …, 0, 1) and n = 0, added in closed form.
-    ω = 1 / (x₀ + c), x₀ = z_c Δ/τ the count the channel's own trace implies (``p.sh_c`` =
-    c > 0, ``shared_fit = "poisson"``): Poisson weights (the inverse of the count's variance,
-    which is its mean) with the mean read from the channel's own rate rather than from the
-    fit, so the forecaster is fitted by the likelihood it is scored with (ω = 1: least
-    squares, which lets busy cells dominate and predicts ≈ 0 where events are rare but
-    costly). The weights depend on the features only, so the fit stays unbiased.
+    ω = 1 (``shared_fit = "squares"``, the default), or ω = 1 / (x₀ + c), x₀ = z_c Δ/τ the
+    count the channel's own trace implies (``p.sh_c`` = c > 0, ``shared_fit = "poisson"``):
+    Poisson weights, the inverse of the count's variance (its mean, read from the channel's
+    own rate rather than from the fit), so that the forecaster is fitted by the likelihood it
+    is scored with. The weights depend on the features only, so the fit stays unbiased.
     """
     sc.sxx[:, :, :] = 0.0
     sc.sxy[:, :] = 0.0
