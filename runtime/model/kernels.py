@@ -75,9 +75,6 @@ SH_FORGET = 0.999
 """Per-window forgetting of the shared linear forecaster's information (memory ≈ 10 s)."""
 SH_RIDGE = 1e-6
 """Ridge added to its information matrix in the solve (numerical safety only)."""
-SH_WARM_WINDOWS = 8
-"""Windows since the stream (re)started during which the shared forecaster learns from every
-channel, not a rotating quarter: its first windows are when it is worst and learns most."""
 
 _solve = njit(_nrt=False, cache=True, nogil=True)(solve_into)
 
@@ -888,9 +885,8 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
     window just ended from the features x of the tick before (``_features`` on zprev,
     hprev); Bayesian linear regression with forgetting λ (a Kalman filter of drifting
     weights): Λ ← λ Λ + Σ ω x xᵀ, b ← λ b + Σ ω x n, w = Λ⁻¹ b, over a rotating quarter of
-    the channels at each tick (thousands of samples for NF weights; a quarter of the cost),
-    every channel during the first ``SH_WARM_WINDOWS`` windows of a stream — those of silent
-    columns have features (0, …, 0, 1) and n = 0, added in closed form.
+    the channels at each tick (thousands of samples for NF weights; a quarter of the cost) —
+    those of silent columns have features (0, …, 0, 1) and n = 0, added in closed form.
     ω = 1 (``shared_fit = "squares"``, the default), or ω = 1 / (x₀ + c), x₀ = z_c Δ/τ the
     count the channel's own trace implies (``p.sh_c`` = c > 0, ``shared_fit = "poisson"``):
     Poisson weights, the inverse of the count's variance (its mean, read from the channel's
@@ -905,8 +901,8 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
     k = st.mixage[0]
     for j in range(st.active.shape[0]):
         for d in range(p.d1):
-            if k >= SH_WARM_WINDOWS and ((j + d + k) & 3) != 0:
-                continue  # a rotating quarter of the channels (every one while warming up)
+            if ((j + d + k) & 3) != 0:  # a rotating quarter of the channels at each tick
+                continue
             if st.active[j] == 0:
                 if d % 2 == 0:
                     quiet0 += 1.0

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from augury.model.kernels import SH_RIDGE, SH_WARM_WINDOWS, Params
+from augury.model.kernels import SH_RIDGE, Params
 from augury.model.linsolve import solve_into
 from augury.model.state import (
     C_DOWN,
@@ -422,18 +422,17 @@ def features(st: State, p: Params, z: np.ndarray, h: np.ndarray, j: int, d: int)
 
 def learn_shared(st: State, p: Params) -> None:
     """Bayesian linear regression with forgetting of the shared forecaster's weights on
-    (features of the previous tick, this window's count), a rotating quarter of the channels,
-    every one during the first ``SH_WARM_WINDOWS`` windows (silent columns: features
-    (0, …, 0, 1), count 0), each sample weighted 1 / (x₀ + c) when ``p.sh_c`` = c > 0
-    (Poisson weights, the mean read from the own trace x₀ = z Δ/τ)."""
+    (features of the previous tick, this window's count), a rotating quarter of the channels
+    (silent columns: features (0, …, 0, 1), count 0), each sample weighted 1 / (x₀ + c) when
+    ``p.sh_c`` = c > 0 (Poisson weights, the mean read from the own trace x₀ = z Δ/τ)."""
     sxx = np.zeros((2, NF, NF))
     sxy = np.zeros((2, NF))
     quiet = [0.0, 0.0]
     k = int(st.mixage[0])
     for j in range(st.active.shape[0]):
         for d in range(p.d1):
-            if k >= SH_WARM_WINDOWS and (j + d + k) % 4 != 0:  # a rotating quarter of the
-                continue  # channels (every one during the first SH_WARM_WINDOWS windows)
+            if (j + d + k) % 4 != 0:  # a rotating quarter of the channels
+                continue
             if not st.active[j]:
                 quiet[d % 2] += 1.0
                 continue
