@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +137,8 @@ class ModelSpec:
                                  f"{getattr(self, name)!r}")
 
         self._check_arithmetic()
+        if self.fixed_point:
+            warnings.warn(FIXED_POINT_DEPRECATED, FutureWarning, stacklevel=3)
 
     def _check_arithmetic(self) -> None:
         """``arithmetic``: "float" or "loihi"; the integer twin covers layer-1 inference as
@@ -247,6 +250,14 @@ def default_pool(width: int, height: int) -> int:
 
 
 ARITHMETICS = ("float", "loihi")
+
+FIXED_POINT_DEPRECATED = (
+    "ModelSpec.fixed_point is deprecated as a model of Loihi: it rounds half up after every "
+    "update, which Lava's fixed_pt models cannot match (LAVA.md: 0.24 apart). Use "
+    "arithmetic='loihi', the integer twin of layer-1 inference that is bit-exact with them "
+    "(docs/lava.md). fixed_point stays only as the whole-network precision study of "
+    "docs/model.md §6.")
+"""Warning given when a spec sets ``fixed_point``."""
 """Values of ``ModelSpec.arithmetic``."""
 
 POOL_CELLS = 160
