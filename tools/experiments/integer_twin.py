@@ -16,12 +16,14 @@ stream (``forecast_eval.warmup_windows``), at the end of every window:
 * forecast: the Poisson log-likelihood per event of the published count forecast for the
   next window, scored with ``forecast_eval``'s own functions (``window_counts``,
   ``loglik_map``, whole windows only, same floor);
+* context: with several seeds, the spread (max − min) of the float arm's log-likelihood and
+  reconstruction over seeds, a yardstick for the differences;
 * range: the share of error units whose trace exceeds what x̂ can hold (Q.18 in 24 bits:
   32 events), where the twin's prediction saturates.
 
 ``--quick``: the first 1.5 s of the rotating disk and the whole DVXplorer sample (0.59 s),
 seed 0 (under a minute on this machine once numba's cache is warm). Without it: the whole
-rotating disk, the DVXplorer sample and 10 N-MNIST digits, seeds 0 and 1. Never the
+rotating disk, the DVXplorer sample and 10 N-MNIST digits, seeds 0, 1 and 2. Never the
 reserved recordings. Prints one line per stream and arm, a Markdown table, and one JSON
 object last.
 """
@@ -104,11 +106,14 @@ def evaluate(name: str, duration_us: int | None, seeds: list[int]) -> dict[str, 
     ev, w, h = fe.load_stream(name, duration_us)
     out: dict[str, object] = {"stream": name, "events": int(ev.size),
                               "span_s": round(float(ev["t"][-1]) / 1e6, 3)}
+    per_seed: dict[str, list[tuple[float, float]]] = {}
     for arm in ("float", "loihi"):
         tot = Score()
         t = time.perf_counter()
         for seed in seeds:
             s = replay(ev, spec_for(w, h, arm, seed))
+            per_seed.setdefault(arm, []).append((s.loglik / max(s.events, 1),
+                                                 s.err2 / max(s.z2, 1e-12)))
             for f in tot.__dataclass_fields__:
                 setattr(tot, f, getattr(tot, f) + getattr(s, f))
         out[arm] = {
@@ -126,20 +131,24 @@ def evaluate(name: str, duration_us: int | None, seeds: list[int]) -> dict[str, 
     f, q = out["float"], out["loihi"]
     out["d_loglik"] = q["loglik_per_event"] - f["loglik_per_event"]
     out["d_reconstruction"] = q["reconstruction"] - f["reconstruction"]
+    fl = np.array(per_seed["float"])  # context: how far float runs of the seeds fall apart
+    out["float_seed_spread"] = (float(np.ptp(fl[:, 0])), float(np.ptp(fl[:, 1])))
     return out
 
 
 def table(results: list[dict[str, object]]) -> str:
     """Markdown table of the results."""
     rows = ["| stream | events | log-lik float | log-lik loihi | Δ | reconstruction float | "
-            "loihi | Δ | free energy float / loihi (nats/window) | z ≥ 32 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "loihi | Δ | float seed spread (log-lik, rec.) | free energy float / loihi "
+            "(nats/window) | z ≥ 32 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         f, q = r["float"], r["loihi"]
         rows.append(
             f"| {r['stream']} | {r['events']:,} | {f['loglik_per_event']:.4f} | "
             f"{q['loglik_per_event']:.4f} | {r['d_loglik']:+.4f} | {f['reconstruction']:.4f} | "
             f"{q['reconstruction']:.4f} | {r['d_reconstruction']:+.4f} | "
+            f"{r['float_seed_spread'][0]:.4f}, {r['float_seed_spread'][1]:.4f} | "
             f"{f['free_energy_per_window']:.1f} / {q['free_energy_per_window']:.1f} | "
             f"{q['over_xhat_range']:.2%} |")
     return "\n".join(rows)
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     bad = [s for s in plan if s not in fe.REAL]
     if bad:
         raise SystemExit(f"unknown or reserved stream(s): {bad}; choose from {sorted(fe.REAL)}")
-    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1])
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     results = [evaluate(s, d, seeds) for s, d in plan.items()]
     print(table(results))
     print(json.dumps({
@@ -170,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
             "reconstruction_float": round(float(r["float"]["reconstruction"]), 4),
             "reconstruction_loihi": round(float(r["loihi"]["reconstruction"]), 4),
             "over_xhat_range": round(float(r["loihi"]["over_xhat_range"]), 5),
+            "float_seed_spread": [round(v, 4) for v in r["float_seed_spread"]],
         } for r in results},
     }))
 
