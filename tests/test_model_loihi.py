@@ -58,6 +58,37 @@ def test_twin_equals_numpy_oracle_with_silence_and_wake() -> None:
     assert net.state.counters[C_UP] > up0 and qs.mu.max() > 0.1 * 2**L.MU_FRAC
 
 
+def test_twin_equals_oracle_while_learning() -> None:
+    """Learning on for 120 ticks: the oracle runs each tick with the parameters the host
+    wrote before it (quantised from numba's State) and, after each learning epoch, the
+    host's refresh (``loihi_int.refresh``: x̂, u and κ/h from the new weights and
+    curvatures); numba's twin equals it integer for integer at every tick."""
+    spec = _spec()
+    ev = bars(32, 32, 300_000, seed=3)
+    net = Network(spec)
+    for b in windows(ev, 0, 150_000, 5_000):
+        net.advance(b)
+    t0, n = net.t_us, 120
+    ll = convert.loihi_layer1(spec, net.state)
+    counts = convert.tick_counts(spec, ev[(ev["t"] >= t0) & (ev["t"] < t0 + n * 1_000)],
+                                 ll.t_first_us, n).astype(np.int64)
+    qs, wq0 = ll.state, ll.params.w.copy()
+    for i in range(n):
+        a = t0 + i * 1_000
+        net.advance(windows(ev[(ev["t"] >= a) & (ev["t"] < a + 1_000)], a, a + 1_000,
+                            1_000)[0])
+        qs = L.tick(spec, ll.consts, ll.params, qs, counts[:, i].reshape(spec.n1, spec.d1),
+                    a + 1_000)
+        ll = convert.loihi_layer1(spec, net.state)  # the host writes the new parameters
+        if (a + 1_000) % spec.learn_us == 0:
+            qs = L.refresh(spec, ll.params, qs, net.state.h1)
+        got = _qstate(spec, net)
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(got, f), getattr(qs, f),
+                                          err_msg=f"{f} at tick {i}")
+    assert (ll.params.w != wq0).sum() > 100  # the 8-bit weights changed during the run
+
+
 def test_learning_keeps_state_on_the_grid() -> None:
     """With learning on, every layer-1 inference variable stays an exact multiple of its
     format's step (the float State is the integer state), and weights learn in float."""

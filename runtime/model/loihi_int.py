@@ -258,3 +258,17 @@ def tick(spec: ModelSpec, qc: LoihiConsts, qp: QParams, s: QState, counts: np.nd
         s.kh_s[off] = qp.kh_wake_s[off]
         s.active[off] = False
     return s
+
+
+def refresh(spec: ModelSpec, qp: QParams, s: QState, h: np.ndarray) -> QState:
+    """After the host learned (a learning epoch): with the newly quantised parameters ``qp``
+    and curvatures h (n1, K1), every active column's x̂ = Σ w μ̂ and u = Σ w ε̂ are recomputed
+    exactly (saturated) and its κ/h gain rewritten (numba's ``_refresh_q``). Returns a copy."""
+    s = QState(*[a.copy() for a in s])
+    act = s.active
+    km, ks = step_gains(spec.kappa, h)
+    s.xhat[act] = sat(_synsum(qp.w, s.mus, up=False))[act]
+    s.u[act] = sat(_synsum(qp.w, s.eps, up=True))[act]
+    s.kh_m[act] = km[act]
+    s.kh_s[act] = ks[act]
+    return s
