@@ -43,6 +43,7 @@ from augury.model.loihi_int import (
     Q_MAX,
     Q_MIN,
     U_FRAC,
+    W_FRAC,
     W_MAX_Q,
     XHAT_FRAC,
     Z_FRAC,
@@ -61,6 +62,7 @@ from augury.model.state import (
     State,
 )
 
+_WS = float(1 << W_FRAC)
 _ZS = float(1 << Z_FRAC)
 _XS = float(1 << XHAT_FRAC)
 _ES = float(1 << EPS_FRAC)
@@ -102,7 +104,7 @@ def _qgain(c: float) -> tuple[int, int]:
 @_inline
 def _wq(w: float) -> int:
     """8-bit weight in steps of 1/64 (round to nearest, clip to 0 … 255)."""
-    return min(max(_q(w, 64.0), 0), W_MAX_Q)
+    return min(max(_q(w, _WS), 0), W_MAX_Q)
 
 
 @_inline

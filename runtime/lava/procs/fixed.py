@@ -1,12 +1,13 @@
 """Integer (``fixed_pt``) layer-1 error and belief units: Processes and their CPU models.
 
 Same schedule as the float units (``process.py``), integer semantics of the numba twin
-(``augury.model.loihi_int``, whose docstring has the Q formats): z Q.12, x̂ Q.18, ε̂ Q.10,
-u Q.16, μ and μ̂ Q.12; gains (x·m) >> s with an 8-bit mantissa m and a floor shift; states
-and messages saturate at 24 bits; x̂ and u take the exact synaptic sum of a step from
-Lava's ``Dense``/``Sparse`` fixed_pt models (8-bit weights, ``weight_exp = 0``: no shift
-after the sum). The models are written from the semantics, not from the twin's code, so
-that the bit-exact test compares two implementations.
+(``augury.model.loihi_int``: its docstring has the Q formats, and its constants are used
+here): z Q.12, x̂ Q.18, ε̂ Q.10, u Q.16, μ and μ̂ Q.12; gains (x·m) >> s with an 8-bit
+mantissa m and a floor shift; states and messages saturate at 24 bits; x̂ and u take the
+exact synaptic sum of a step from Lava's ``Dense``/``Sparse`` fixed_pt models (8-bit
+weights, ``weight_exp = 0``: no shift after the sum). The arithmetic is written here from
+the semantics, not shared with the twin's code, so that the bit-exact test compares two
+implementations.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-_HI = (1 << 23) - 1
-_LO = -(1 << 23)
-_Z_TO_X = 6  # Q.12 trace → Q.18, the prediction's format
-_ONE_EVENT = 1 << 12
+from augury.model.loihi_int import DECAY_BITS, Q_MAX, Q_MIN, XHAT_FRAC, Z_FRAC
+
+_HI = Q_MAX
+_LO = Q_MIN
+_Z_TO_X = XHAT_FRAC - Z_FRAC  # trace (Q.12) → the prediction's format (Q.18)
+_ONE_EVENT = 1 << Z_FRAC
 
 
 def _mul_shift(x: np.ndarray, m: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -126,7 +129,7 @@ class PyErrorUnitsFixed(PyLoihiProcessModel):
             if phase == 0:
                 rst = self._silence()
                 self._inject(counts, out)
-                self.z[:] = (self.z * self.consts[0]) >> 12
+                self.z[:] = (self.z * self.consts[0]) >> DECAY_BITS
             self._check(np.ones(self.z.shape, bool), out)
             if phase == 0:
                 self._mark_silent(step // spt)
