@@ -24,8 +24,8 @@ stream (``forecast_eval.warmup_windows``), at the end of every window:
 ``--quick``: the first 1.5 s of the rotating disk and the whole DVXplorer sample (0.59 s),
 seed 0 (≈ 4 s on this machine with numba's cache warm, ≈ 50 s when the kernels compile).
 Without it: the whole rotating disk, the DVXplorer sample and 10 N-MNIST digits, seeds 0,
-1 and 2. Never the reserved recordings. Prints one line per stream and arm, a Markdown table, and one JSON
-object last.
+1 and 2. Never the reserved recordings. Prints one line per stream and arm, a Markdown
+table, and one JSON object last.
 """
 
 from __future__ import annotations
