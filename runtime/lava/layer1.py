@@ -24,6 +24,7 @@ from augury.lava.convert import (
     Layer1Params,
     block_diag,
     layer1_params,
+    loihi_layer1,
     tick_counts,
     to_state,
 )
@@ -57,6 +58,8 @@ class LavaLayer1:
             raise ValueError(f"chunk_ticks must be a positive int, got {chunk_ticks!r}")
         self.spec = spec
         self.params: Layer1Params = layer1_params(spec, state)
+        # arithmetic="loihi": integer fixed_pt processes (augury.lava.integer)
+        self.loihi = loihi_layer1(spec, state) if spec.arithmetic == "loihi" else None
         self.chunk_ticks = chunk_ticks
         self.poll_s = poll_s
         self.ticks_run = 0
@@ -140,21 +143,18 @@ class LavaLayer1:
         from lava.proc.io.utils import ChannelConfig, ReceiveEmpty, ReceiveNotEmpty, SendFull
         from lava.proc.sparse.process import Sparse
 
-        from augury.lava.procs.process import BeliefUnits, ErrorUnits
         from augury.lava.runner import GuardedRunner
 
         p, s = self.params, self.spec
-        err = ErrorUnits(z=p.z, xhat=p.xhat, eps=p.eps, pi=p.pi, thr=p.thr,
-                         active=p.active, pending=np.zeros_like(p.active), decay=p.decay,
-                         t_first_us=p.t_first_us, tick_us=s.tick_us, learn_us=s.learn_us,
-                         horizon_us=s.horizon_us, z_off=s.z_off,
-                         steps_per_tick=p.steps_per_tick)
-        bel = BeliefUnits(u=p.u, mu=p.mu, mus=p.mus, h=p.h, h_wake=p.h_wake,
-                          n_cols=s.n1, kappa=s.kappa, pi_prior=s.pi_prior,
-                          sparsity=s.sparsity, theta_mu=s.theta_mu,
-                          steps_per_tick=p.steps_per_tick)
+        if self.loihi is not None:
+            from augury.lava.integer import make_units
+
+            err, bel = make_units(s, self.loihi)
+            w_blocks = self.loihi.params.w
+        else:
+            err, bel, w_blocks = self._float_units()
         conn = Sparse if self.sparse else Dense
-        w_down_m = block_diag(p.w_blocks, sparse=self.sparse)
+        w_down_m = block_diag(w_blocks, sparse=self.sparse)
         w_up_m = w_down_m.T.tocsr() if self.sparse else np.ascontiguousarray(w_down_m.T)
         w_up = conn(weights=w_up_m, num_message_bits=24, name="w_up")
         w_down = conn(weights=w_down_m, num_message_bits=24, name="w_down")
@@ -169,14 +169,32 @@ class LavaLayer1:
                                                     receive_not_empty=ReceiveNotEmpty.FIFO))
         inj.out_port.connect(err.cnt_in)
         self._procs = {"err": err, "bel": bel, "w_up": w_up, "w_down": w_down, "inj": inj}
-        cfg = Loihi2SimCfg(select_tag="floating_pt",  # the Injector is untagged
+        tag = "floating_pt" if self.loihi is None else "fixed_pt"
+        cfg = Loihi2SimCfg(select_tag=tag,  # the Injector is untagged
                            exception_proc_model_map={Injector: PyLoihiInjectorModel})
         self._runner = GuardedRunner(err, cfg, poll_s=self.poll_s)
+
+    def _float_units(self) -> tuple[Any, Any, np.ndarray]:
+        from augury.lava.procs.process import BeliefUnits, ErrorUnits
+
+        p, s = self.params, self.spec
+        err = ErrorUnits(z=p.z, xhat=p.xhat, eps=p.eps, pi=p.pi, thr=p.thr,
+                         active=p.active, pending=np.zeros_like(p.active), decay=p.decay,
+                         t_first_us=p.t_first_us, tick_us=s.tick_us, learn_us=s.learn_us,
+                         horizon_us=s.horizon_us, z_off=s.z_off,
+                         steps_per_tick=p.steps_per_tick)
+        bel = BeliefUnits(u=p.u, mu=p.mu, mus=p.mus, h=p.h, h_wake=p.h_wake,
+                          n_cols=s.n1, kappa=s.kappa, pi_prior=s.pi_prior,
+                          sparsity=s.sparsity, theta_mu=s.theta_mu,
+                          steps_per_tick=p.steps_per_tick)
+        return err, bel, p.w_blocks
 
     def load(self, state: State) -> None:
         """Overwrite the running network's inference variables with those of a numba State
         that ends at the tick just run (``t_next_us − tick_us``), same spec and learned
         arrays (a restart from numba's state without rebuilding the network)."""
+        if self.loihi is not None:
+            raise LavaError("LavaLayer1.load is not implemented for arithmetic='loihi'")
         if self._runner is None:
             raise LavaError("LavaLayer1.load: run a chunk first (Lava 0.10 cannot set Vars "
                             "before the first run); build a new LavaLayer1 instead")
@@ -206,11 +224,26 @@ class LavaLayer1:
             return State(*[a.copy() for a in self._template])
         g = self._runner.get
         e, b = self._procs["err"], self._procs["bel"]
+        if self.loihi is not None:
+            from augury.lava.integer import to_numba_state
+
+            return to_numba_state(self.spec, self._template, self.loihi, self.qstate(),
+                                  g(b.woke), self.params.h, self.params.h_wake,
+                                  self.t_next_us - self.spec.tick_us)
         xhat = g(e.xhat) + g(self._procs["w_down"].a_buff)  # the last relaxation's spikes
         return to_state(self.spec, self._template, z=g(e.z), xhat=xhat, eps=g(e.eps),
                         active=g(e.active), pending=g(e.pending), u=g(b.u), mu=g(b.mu),
                         mus=g(b.mus), h=g(b.h), h_wake=g(b.h_wake),
                         t_now_us=self.t_next_us - self.spec.tick_us)
+
+    def qstate(self) -> Any:
+        """arithmetic="loihi": the integer layer-1 state (``loihi_int.QState``) at the end
+        of the last tick run."""
+        from augury.lava.integer import read_qstate
+
+        if self.loihi is None or self._runner is None:
+            raise LavaError("LavaLayer1.qstate: needs arithmetic='loihi' and a chunk run")
+        return read_qstate(self.spec, self.loihi, self._runner.get, self._procs)
 
     def beliefs(self) -> np.ndarray:
         """μ at the end of the last tick run, shape (n1, K1) (columns being silenced read 0).
@@ -220,6 +253,10 @@ class LavaLayer1:
         """
         if self._runner is None:
             return self._template.mu1.copy()
+        if self.loihi is not None:
+            from augury.model.loihi_int import MU_FRAC, from_q
+
+            return from_q(self.qstate().mu, MU_FRAC)
         g = self._runner.get
         mu = np.asarray(g(self._procs["bel"].mu), np.float64).reshape(self.spec.n1, -1).copy()
         mu[np.asarray(g(self._procs["err"].pending)) > 0] = 0.0

@@ -1205,6 +1205,17 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
     if learn and tt % p.learn_us == 0:
         _learn(st, sc, p)
         _refresh(st, sc, p)
+    _tick_tail(st, sc, p, tt, learn)
+
+
+@_kernel
+def _tick_tail(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
+    """The clocked work of a tick after inference and learning (shared with the integer
+    twin, ``loihi_kernels``): homeostasis at learning epochs; at horizon ticks the temporal
+    learning, the forecast and the surprise baseline; then, at learning epochs and horizon
+    ticks, the silencing of every active column whose traces all fell below z_off."""
+    n1 = st.active.shape[0]
+    epoch = tt % p.learn_us == 0 or tt % p.horizon_us == 0
     if tt % p.learn_us == 0:
         _homeostasis(st, sc, p, learn)
     if tt % p.horizon_us == 0:
