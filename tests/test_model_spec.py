@@ -44,6 +44,7 @@ def test_from_dict_coerces_numbers() -> None:
 @pytest.mark.parametrize(("field", "value"), [
     ("pool", -1), ("k1", -1), ("layers", 3), ("kappa", 0.0), ("kappa", 1.5), ("alpha", 2.0),
     ("pi_min", -1.0), ("theta_e", float("nan")), ("tau_us", 1.5), ("fixed_point", 1),
+    ("shared_fit", "irls"), ("shared_floor", 0.0),
 ])
 def test_bad_field_is_named(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):

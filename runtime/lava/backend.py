@@ -119,6 +119,10 @@ class LavaNetwork(Network):
     def __init__(self, spec: ModelSpec, layer1: Layer1Server, *,
                  chunk_ticks: int | None = None) -> None:
         check_spec(spec)
+        if spec.arithmetic == "loihi":
+            raise LavaSpecError("the Lava backend of augury run serves the float processes "
+                                "only; arithmetic='loihi' (fixed_pt) runs in LavaLayer1 but is "
+                                "not wired to the daemon yet")
         super().__init__(spec)
         self.layer1 = layer1
         self.chunk_ticks = chunk_ticks or max(1, min(spec.learn_us, spec.horizon_us)

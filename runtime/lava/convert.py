@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from augury.model import kernels
+from augury.model import kernels, loihi_int
 from augury.model.spec import ModelSpec
 from augury.model.state import K_NACTIVE, K_NEXT, K_STARTED, K_TNOW, State, init_scratch
 
@@ -59,7 +59,8 @@ def check_spec(spec: ModelSpec) -> None:
     if spec.settle != 0.0:
         bad.append(f"settle={spec.settle} (needs 0: every active column relaxes every tick)")
     if spec.fixed_point:
-        bad.append("fixed_point=True (the integer twin is not done yet)")
+        bad.append("fixed_point=True (not Loihi's arithmetic: use arithmetic='loihi', the "
+                   "integer twin that the fixed_pt models match)")
     if bad:
         raise LavaSpecError("the Lava backend does not support " + "; ".join(bad))
 
@@ -180,3 +181,43 @@ def to_state(spec: ModelSpec, template: State, *, z: np.ndarray, xhat: np.ndarra
     st.clock[K_NEXT] = t_now_us + spec.tick_us
     st.clock[K_NACTIVE] = int(act.sum())
     return st
+
+
+class LoihiLayer1(NamedTuple):
+    """The integer twin's view of a State (``loihi_int``): constants, host-written
+    parameters and the inference state in Q formats, for the fixed_pt processes."""
+
+    consts: loihi_int.LoihiConsts
+    params: loihi_int.QParams
+    state: loihi_int.QState
+    t_first_us: int  # stream time of the first tick to run, µs
+    steps_per_tick: int
+
+
+def loihi_layer1(spec: ModelSpec, st: State) -> LoihiLayer1:
+    """``layer1_params`` quantised as the numba twin quantises it (``arithmetic = "loihi"``):
+    weights to 8 bits, π and κ/h to mantissa gains, thresholds floored in ε's format."""
+    if spec.arithmetic != "loihi":
+        raise LavaSpecError("the fixed_pt backend needs arithmetic='loihi' (the numba integer "
+                            f"twin it matches), got arithmetic={spec.arithmetic!r}")
+    p = layer1_params(spec, st)
+    n1, d1, k1 = spec.n1, spec.d1, spec.k1
+    qp = loihi_int.quantise_params(spec, p.w_blocks, p.pi.reshape(n1, d1),
+                                   p.thr.reshape(n1, d1), p.h_wake.reshape(n1, k1))
+    qs = loihi_int.quantise_state(
+        spec, p.z.reshape(n1, d1), p.xhat.reshape(n1, d1), p.eps.reshape(n1, d1),
+        p.u.reshape(n1, k1), p.mu.reshape(n1, k1), p.mus.reshape(n1, k1),
+        p.h.reshape(n1, k1), p.active)
+    return LoihiLayer1(loihi_int.consts(spec), qp, qs, p.t_first_us, p.steps_per_tick)
+
+
+def from_loihi(spec: ModelSpec, template: State, qs: loihi_int.QState, h: np.ndarray,
+               h_wake: np.ndarray, t_now_us: int) -> State:
+    """A numba State (``to_state``) from an integer layer-1 state at the end of a tick
+    (no column pending: ``loihi_int.tick`` and the caller silence at the tick's end)."""
+    F = loihi_int
+    return to_state(spec, template, z=F.from_q(qs.z, F.Z_FRAC),
+                    xhat=F.from_q(qs.xhat, F.XHAT_FRAC), eps=F.from_q(qs.eps, F.EPS_FRAC),
+                    active=qs.active.astype(np.float64), pending=np.zeros(spec.n1),
+                    u=F.from_q(qs.u, F.U_FRAC), mu=F.from_q(qs.mu, F.MU_FRAC),
+                    mus=F.from_q(qs.mus, F.MU_FRAC), h=h, h_wake=h_wake, t_now_us=t_now_us)

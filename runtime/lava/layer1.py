@@ -24,6 +24,7 @@ from augury.lava.convert import (
     Layer1Params,
     block_diag,
     layer1_params,
+    loihi_layer1,
     tick_counts,
     to_state,
 )
@@ -44,7 +45,8 @@ class LavaLayer1:
             (sparse above ``DENSE_MAX_COLUMNS`` columns).
         extract: read the state back through two Lava ``Extractor`` s (the units' state
             after every step, drained after each chunk, the last one kept) instead of
-            ``Var.get``, which Lava 0.10 moves element by element (≈ 15 µs each).
+            ``Var.get``, which Lava 0.10 moves element by element (≈ 15 µs each). Float
+            processes only (ignored with arithmetic="loihi").
     """
 
     DENSE_MAX_COLUMNS = 16
@@ -61,6 +63,8 @@ class LavaLayer1:
             raise ValueError(f"chunk_ticks must be a positive int, got {chunk_ticks!r}")
         self.spec = spec
         self.params: Layer1Params = layer1_params(spec, state)
+        # arithmetic="loihi": integer fixed_pt processes (augury.lava.integer)
+        self.loihi = loihi_layer1(spec, state) if spec.arithmetic == "loihi" else None
         self.chunk_ticks = chunk_ticks
         self.poll_s = poll_s
         self.ticks_run = 0
@@ -68,7 +72,7 @@ class LavaLayer1:
         self._procs: dict[str, Any] = {}
         self._runner: Any = None
         self._held = np.zeros(0, EVENT_DTYPE)  # events of ticks not run yet (``feed``)
-        self.extract = bool(extract)
+        self.extract = bool(extract) and self.loihi is None  # float processes only
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # extracted after a chunk
 
     # -- time -------------------------------------------------------------------------------
@@ -154,21 +158,18 @@ class LavaLayer1:
         from lava.proc.io.utils import ChannelConfig, ReceiveEmpty, ReceiveNotEmpty, SendFull
         from lava.proc.sparse.process import Sparse
 
-        from augury.lava.procs.process import BeliefUnits, ErrorUnits
         from augury.lava.runner import GuardedRunner
 
         p, s = self.params, self.spec
-        err = ErrorUnits(z=p.z, xhat=p.xhat, eps=p.eps, pi=p.pi, thr=p.thr,
-                         active=p.active, pending=np.zeros_like(p.active), decay=p.decay,
-                         t_first_us=p.t_first_us, tick_us=s.tick_us, learn_us=s.learn_us,
-                         horizon_us=s.horizon_us, z_off=s.z_off,
-                         steps_per_tick=p.steps_per_tick)
-        bel = BeliefUnits(u=p.u, mu=p.mu, mus=p.mus, h=p.h, h_wake=p.h_wake,
-                          n_cols=s.n1, kappa=s.kappa, pi_prior=s.pi_prior,
-                          sparsity=s.sparsity, theta_mu=s.theta_mu,
-                          steps_per_tick=p.steps_per_tick)
+        if self.loihi is not None:
+            from augury.lava.integer import make_units
+
+            err, bel = make_units(s, self.loihi)
+            w_blocks = self.loihi.params.w
+        else:
+            err, bel, w_blocks = self._float_units()
         conn = Sparse if self.sparse else Dense
-        w_down_m = block_diag(p.w_blocks, sparse=self.sparse)
+        w_down_m = block_diag(w_blocks, sparse=self.sparse)
         w_up_m = w_down_m.T.tocsr() if self.sparse else np.ascontiguousarray(w_down_m.T)
         w_up = conn(weights=w_up_m, num_message_bits=24, name="w_up")
         w_down = conn(weights=w_down_m, num_message_bits=24, name="w_down")
@@ -197,14 +198,32 @@ class LavaLayer1:
                 port.connect(ext.in_port)
                 self._procs[name] = ext
             exceptions[Extractor] = PyLoihiExtractorModel
-        cfg = Loihi2SimCfg(select_tag="floating_pt",  # the Injector/Extractor are untagged
+        tag = "floating_pt" if self.loihi is None else "fixed_pt"
+        cfg = Loihi2SimCfg(select_tag=tag,  # the Injector/Extractor are untagged
                            exception_proc_model_map=exceptions)
         self._runner = GuardedRunner(err, cfg, poll_s=self.poll_s)
+
+    def _float_units(self) -> tuple[Any, Any, np.ndarray]:
+        from augury.lava.procs.process import BeliefUnits, ErrorUnits
+
+        p, s = self.params, self.spec
+        err = ErrorUnits(z=p.z, xhat=p.xhat, eps=p.eps, pi=p.pi, thr=p.thr,
+                         active=p.active, pending=np.zeros_like(p.active), decay=p.decay,
+                         t_first_us=p.t_first_us, tick_us=s.tick_us, learn_us=s.learn_us,
+                         horizon_us=s.horizon_us, z_off=s.z_off,
+                         steps_per_tick=p.steps_per_tick)
+        bel = BeliefUnits(u=p.u, mu=p.mu, mus=p.mus, h=p.h, h_wake=p.h_wake,
+                          n_cols=s.n1, kappa=s.kappa, pi_prior=s.pi_prior,
+                          sparsity=s.sparsity, theta_mu=s.theta_mu,
+                          steps_per_tick=p.steps_per_tick)
+        return err, bel, p.w_blocks
 
     def load(self, state: State) -> None:
         """Overwrite the running network's inference variables with those of a numba State
         that ends at the tick just run (``t_next_us − tick_us``), same spec and learned
         arrays (a restart from numba's state without rebuilding the network)."""
+        if self.loihi is not None:
+            raise LavaError("LavaLayer1.load is not implemented for arithmetic='loihi'")
         if self._runner is None:
             raise LavaError("LavaLayer1.load: run a chunk first (Lava 0.10 cannot set Vars "
                             "before the first run); build a new LavaLayer1 instead")
@@ -237,8 +256,8 @@ class LavaLayer1:
         (≈ 15 µs each): the weights dominate (2 · n1·D1·K1 entries with Sparse, the whole
         block-diagonal matrices with Dense).
         """
-        if self._runner is None:
-            raise LavaError("LavaLayer1.write_learned: run a chunk first")
+        if self._runner is None or self.loihi is not None:
+            raise LavaError("LavaLayer1.write_learned: float processes only, after a chunk")
         p = layer1_params(self.spec, state)
         if p.t_first_us != self.t_next_us:
             raise LavaError(f"LavaLayer1.write_learned: the State ends at "
@@ -264,6 +283,12 @@ class LavaLayer1:
         this was built from)."""
         if self._runner is None:
             return State(*[a.copy() for a in self._template])
+        if self.loihi is not None:
+            from augury.lava.integer import to_numba_state
+
+            return to_numba_state(self.spec, self._template, self.loihi, self.qstate(),
+                                  self._runner.get(self._procs["bel"].woke), self.params.h,
+                                  self.params.h_wake, self.t_next_us - self.spec.tick_us)
         return to_state(self.spec, self._template, **self.inference_arrays(),
                         t_now_us=self.t_next_us - self.spec.tick_us)
 
@@ -271,7 +296,11 @@ class LavaLayer1:
         """Layer 1's inference variables at the end of the last tick run, flat float64:
         z, xhat (with the increments still in the Dense buffer), eps (n1·D1,); active,
         pending (n1,); u, mu, mus, h, h_wake (n1·K1,): the keyword arguments
-        of ``convert.to_state`` (before the first chunk: the values it was built with)."""
+        of ``convert.to_state`` (before the first chunk: the values it was built with).
+        Float processes only (arithmetic="loihi" reads back with ``qstate``)."""
+        if self.loihi is not None:
+            raise LavaError("LavaLayer1.inference_arrays: float processes only; "
+                            "arithmetic='loihi' reads back with qstate()")
         if self._runner is None:
             p = self.params
             return {"z": p.z, "xhat": p.xhat, "eps": p.eps, "active": p.active,
@@ -300,6 +329,15 @@ class LavaLayer1:
                 "u": bel[:m].copy(), "mu": bel[m:2 * m].copy(), "mus": bel[2 * m:3 * m].copy(),
                 "h": bel[3 * m:4 * m].copy(), "h_wake": self.params.h_wake.copy()}
 
+    def qstate(self) -> Any:
+        """arithmetic="loihi": the integer layer-1 state (``loihi_int.QState``) at the end
+        of the last tick run."""
+        from augury.lava.integer import read_qstate
+
+        if self.loihi is None or self._runner is None:
+            raise LavaError("LavaLayer1.qstate: needs arithmetic='loihi' and a chunk run")
+        return read_qstate(self.spec, self.loihi, self._runner.get, self._procs)
+
     def beliefs(self) -> np.ndarray:
         """μ at the end of the last tick run, shape (n1, K1) (columns being silenced read 0).
 
@@ -308,6 +346,10 @@ class LavaLayer1:
         """
         if self._runner is None:
             return self._template.mu1.copy()
+        if self.loihi is not None:
+            from augury.model.loihi_int import MU_FRAC, from_q
+
+            return from_q(self.qstate().mu, MU_FRAC)
         if self._last is not None:
             a = self._unpack(*self._last)
             mu = a["mu"].reshape(self.spec.n1, -1)

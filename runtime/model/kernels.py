@@ -139,6 +139,7 @@ class Params(NamedTuple):
     mix_kmax: int  # silent windows the rate experts still process in one silence
     msh: bool  # the shared linear forecaster is an expert
     sh_forget: float  # its per-window forgetting factor (recursive least squares)
+    sh_c: float  # > 0: Poisson weights 1 / (z Δ/τ + sh_c) on its samples; 0: unweighted
     plain_rate: float  # > 0: W1, W2 learn at this plain rate (Bayesian synapse off)
     w_soft: bool  # W1, W2: soft bounds (updates scaled by the distance to the bound)
     w_norm: float  # Euclidean norm every dictionary atom is scaled to after learning (0: off)
@@ -164,6 +165,7 @@ def make_params(spec: ModelSpec) -> Params:
         m0=MIX_FLOOR, od_rate=OD_RATE,
         mix_kmax=-(-4 * max(spec.mix_taus_us, default=0) // spec.horizon_us),
         msh=spec.mix_shared, sh_forget=SH_FORGET, w_norm=spec.w_norm,
+        sh_c=spec.shared_floor if spec.shared_fit == "poisson" else 0.0,
         w_soft=spec.w_soft_bounds, plain_rate=spec.plain_rate,
     )
 
@@ -882,9 +884,14 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
     of the previous tick): per polarity, its weights w predict a channel's count n in the
     window just ended from the features x of the tick before (``_features`` on zprev,
     hprev); Bayesian linear regression with forgetting λ (a Kalman filter of drifting
-    weights): Λ ← λ Λ + Σ x xᵀ, b ← λ b + Σ x n, w = Λ⁻¹ b, over a rotating quarter of the
-    channels at each tick (thousands of samples for NF weights; a quarter of the cost) —
+    weights): Λ ← λ Λ + Σ ω x xᵀ, b ← λ b + Σ ω x n, w = Λ⁻¹ b, over a rotating quarter of
+    the channels at each tick (thousands of samples for NF weights; a quarter of the cost) —
     those of silent columns have features (0, …, 0, 1) and n = 0, added in closed form.
+    ω = 1 (``shared_fit = "squares"``, the default), or ω = 1 / (x₀ + c), x₀ = z_c Δ/τ the
+    count the channel's own trace implies (``p.sh_c`` = c > 0, ``shared_fit = "poisson"``):
+    Poisson weights, the inverse of the count's variance (its mean, read from the channel's
+    own rate rather than from the fit), so that the forecaster is fitted by the likelihood it
+    is scored with. The weights depend on the features only, so the fit stays unbiased.
     """
     sc.sxx[:, :, :] = 0.0
     sc.sxy[:, :] = 0.0
@@ -905,15 +912,18 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
             pol = d % 2
             _features(st, sc, p, st.zprev, st.hprev, j, d)
             y = float(st.ncnt[j, d])
+            om = 1.0 if p.sh_c <= 0.0 else 1.0 / (sc.xs[0] + p.sh_c)  # x₀ = z_c Δ/τ ≥ 0
             for a in range(NF):  # upper triangle of x xᵀ (mirrored below), zeros skipped
                 xa = sc.xs[a]
                 if xa == 0.0:
                     continue
-                sc.sxy[pol, a] += xa * y
+                xw = xa * om
+                sc.sxy[pol, a] += xw * y
                 for b in range(a, NF):
-                    sc.sxx[pol, a, b] += xa * sc.xs[b]
+                    sc.sxx[pol, a, b] += xw * sc.xs[b]
     for pol in range(2):
-        sc.sxx[pol, NF - 1, NF - 1] += quiet0 if pol == 0 else quiet1
+        om = 1.0 if p.sh_c <= 0.0 else 1.0 / p.sh_c  # silent: x₀ = 0
+        sc.sxx[pol, NF - 1, NF - 1] += om * (quiet0 if pol == 0 else quiet1)
         for a in range(NF):
             for b in range(a + 1, NF):
                 sc.sxx[pol, b, a] = sc.sxx[pol, a, b]
@@ -1209,11 +1219,20 @@ def _tick_clocked(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> No
     homeostasis at learning epochs; temporal learning, forecast units, rate experts and
     surprise baselines at horizon ticks; silencing of quiet columns at both. (The Lava
     backend runs layer 1's inference in Lava and calls this on the host.)"""
-    n1 = st.active.shape[0]
-    epoch = tt % p.learn_us == 0 or tt % p.horizon_us == 0
     if learn and tt % p.learn_us == 0:
         _learn(st, sc, p)
         _refresh(st, sc, p)
+    _tick_tail(st, sc, p, tt, learn)
+
+
+@_kernel
+def _tick_tail(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
+    """The clocked work of a tick after inference and learning (shared with the integer
+    twin, ``loihi_kernels``): homeostasis at learning epochs; at horizon ticks the temporal
+    learning, the forecast and the surprise baseline; then, at learning epochs and horizon
+    ticks, the silencing of every active column whose traces all fell below z_off."""
+    n1 = st.active.shape[0]
+    epoch = tt % p.learn_us == 0 or tt % p.horizon_us == 0
     if tt % p.learn_us == 0:
         _homeostasis(st, sc, p, learn)
     if tt % p.horizon_us == 0:

@@ -18,7 +18,7 @@ import numpy as np
 
 from augury import event_kernels as ek
 from augury.events import EVENT_DTYPE, EventBatch, EventFormatError
-from augury.model import kernels, reference
+from augury.model import kernels, loihi_int, loihi_kernels, reference
 from augury.model import readout_kernels as rk
 from augury.model.mixture import count_forecast
 from augury.model.spec import ModelSpec
@@ -113,7 +113,11 @@ class Network:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.spec = spec
         self.backend = backend
+        if spec.arithmetic == "loihi" and backend != "numba":
+            raise ValueError("arithmetic='loihi' runs on the numba backend only (its NumPy "
+                             "oracle is augury.model.loihi_int.tick)")
         self.params = kernels.make_params(spec)
+        self._qc = loihi_int.consts(spec)
         self.learning = True
         self.state: State = init_state(spec)
         self._scratch = init_scratch(spec)
@@ -153,6 +157,10 @@ class Network:
             st.clock[K_STARTED] = 1
             st.clock[K_TNOW] = batch.t_start_us
         self._last_counts_base = st.counters.copy()
+        if self.spec.arithmetic == "loihi":  # the integer twin (numba only)
+            loihi_kernels.run_batch(st, self._scratch, self.params, self._qc, t, x, y, p,
+                                    int(batch.t_end_us), bool(self.learning))
+            return self.last_counts()
         run = kernels.run_batch if self.backend == "numba" else reference.run_batch
         run(st, self._scratch, self.params, t, x, y, p, int(batch.t_end_us),
             bool(self.learning))

@@ -422,8 +422,9 @@ def features(st: State, p: Params, z: np.ndarray, h: np.ndarray, j: int, d: int)
 
 def learn_shared(st: State, p: Params) -> None:
     """Bayesian linear regression with forgetting of the shared forecaster's weights on
-    (features of the previous tick, this window's count), every channel (silent columns:
-    features (0, …, 0, 1), count 0)."""
+    (features of the previous tick, this window's count), a rotating quarter of the channels
+    (silent columns: features (0, …, 0, 1), count 0), each sample weighted 1 / (x₀ + c) when
+    ``p.sh_c`` = c > 0 (Poisson weights, the mean read from the own trace x₀ = z Δ/τ)."""
     sxx = np.zeros((2, NF, NF))
     sxy = np.zeros((2, NF))
     quiet = [0.0, 0.0]
@@ -437,16 +438,18 @@ def learn_shared(st: State, p: Params) -> None:
                 continue
             x = features(st, p, st.zprev, st.hprev, j, d)
             y = float(st.ncnt[j, d])
+            om = 1.0 if p.sh_c <= 0.0 else 1.0 / (x[0] + p.sh_c)  # Poisson weight, x₀ = z Δ/τ
             for a in range(NF):  # upper triangle, mirrored below
                 if x[a] == 0.0:
                     continue
-                sxy[d % 2, a] += x[a] * y
+                sxy[d % 2, a] += x[a] * om * y
                 for b in range(a, NF):
-                    sxx[d % 2, a, b] += x[a] * x[b]
+                    sxx[d % 2, a, b] += x[a] * om * x[b]
     work = np.zeros((NF, NF + 1))
     out = np.zeros(NF)
     for pol in range(2):
-        sxx[pol, NF - 1, NF - 1] += quiet[pol]
+        om = 1.0 if p.sh_c <= 0.0 else 1.0 / p.sh_c  # silent columns: x₀ = 0
+        sxx[pol, NF - 1, NF - 1] += om * quiet[pol]
         for a in range(NF):
             for b in range(a + 1, NF):
                 sxx[pol, b, a] = sxx[pol, a, b]

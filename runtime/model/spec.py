@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
+
+SHARED_FITS = ("poisson", "squares")
+"""How the shared linear forecaster is fitted (``ModelSpec.shared_fit``): Poisson weights
+1 / (z Δ/τ + c) on its samples (the count's variance read from the channel's own trace), or
+plain least squares."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,8 @@ class ModelSpec:
     z_off: float = 0.02  # a column whose traces all fall below this goes silent (reset)
     baseline_beta: float = 0.01  # surprise baseline EMA rate per horizon tick
     seed: int = 0
-    fixed_point: bool = False
+    arithmetic: str = "float"  # "loihi": layer-1 inference in Loihi's integer semantics
+    fixed_point: bool = False  # deprecated for Loihi: not its arithmetic (docs/model.md §6)
     frac_bits: int = 20  # Q-format fraction bits when fixed_point (Q11.20 fits int32)
     stochastic_rounding: bool = False  # fixed_point: round learned weights stochastically
     per_column_weights: bool = False
@@ -78,6 +85,8 @@ class ModelSpec:
     mix_memory_us: int = 2_000_000  # time constant of the experts' discounted log-evidence
     mix_share: float = 1.0  # weight of the sensor-wide evidence in each channel's mixture
     mix_shared: bool = True  # the shared linear forecaster is one of the rate experts
+    shared_fit: str = "squares"  # its fit: "squares" or "poisson" (weights 1/(zΔ/τ + c))
+    shared_floor: float = 0.3  # c: count floor of those weights (events per cell, window)
 
     def __post_init__(self) -> None:
         if isinstance(self.mix_taus_us, list):
@@ -120,6 +129,7 @@ class ModelSpec:
             _check_float(self, name, 0.0, math.inf, lo_open=False)
         _check_float(self, "curv_mix", 0.0, 1.0, lo_open=False)
         _check_float(self, "mix_share", 0.0, math.inf, lo_open=False)
+        _check_float(self, "shared_floor", 0.0, math.inf, lo_open=True)
         for name in ("kappa", "alpha", "baseline_beta"):
             _check_float(self, name, 0.0, 1.0, lo_open=True)
         for name in ("pi_prior", "s2_init", "a_s2_init", "v0", "pi_min", "pi_max", "w_max"):
@@ -133,6 +143,35 @@ class ModelSpec:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelSpec.{name} must be a bool, got "
                                  f"{getattr(self, name)!r}")
+        if self.shared_fit not in SHARED_FITS:
+            raise ValueError(f"ModelSpec.shared_fit must be one of {SHARED_FITS}, got "
+                             f"{self.shared_fit!r}")
+
+        self._check_arithmetic()
+        if self.fixed_point:
+            warnings.warn(FIXED_POINT_DEPRECATED, FutureWarning, stacklevel=3)
+
+    def _check_arithmetic(self) -> None:
+        """``arithmetic``: "float" or "loihi"; the integer twin covers layer-1 inference as
+        the Lava backend runs it, so it needs one layer, ``clocked_input``, ``settle = 0``
+        and no ``fixed_point`` (raises ValueError naming what is off)."""
+        if self.arithmetic not in ARITHMETICS:
+            raise ValueError(f"ModelSpec.arithmetic must be one of {ARITHMETICS}, got "
+                             f"{self.arithmetic!r}")
+        if self.arithmetic != "loihi":
+            return
+        bad = []
+        if self.layers != 1:
+            bad.append(f"layers={self.layers} (needs 1)")
+        if not self.clocked_input:
+            bad.append("clocked_input=False (needs True)")
+        if self.settle != 0.0:
+            bad.append(f"settle={self.settle} (needs 0)")
+        if self.fixed_point:
+            bad.append("fixed_point=True (the two are exclusive: loihi replaces it)")
+        if bad:
+            raise ValueError("ModelSpec.arithmetic='loihi' (the integer twin of layer-1 "
+                             "inference) needs " + "; ".join(bad))
 
     # -- derived geometry -------------------------------------------------------------------
     @property
@@ -220,6 +259,17 @@ def default_pool(width: int, height: int) -> int:
         pool *= 2
     return pool
 
+
+ARITHMETICS = ("float", "loihi")
+
+FIXED_POINT_DEPRECATED = (
+    "ModelSpec.fixed_point is deprecated as a model of Loihi: it rounds half up after every "
+    "update, which Lava's fixed_pt models cannot match (LAVA.md: 0.24 apart). Use "
+    "arithmetic='loihi', the integer twin of layer-1 inference that is bit-exact with them "
+    "(docs/lava.md). fixed_point stays only as the whole-network precision study of "
+    "docs/model.md §6.")
+"""Warning given when a spec sets ``fixed_point``."""
+"""Values of ``ModelSpec.arithmetic``."""
 
 POOL_CELLS = 160
 """Largest number of pooled cells along the sensor's longer side chosen by ``default_pool``."""

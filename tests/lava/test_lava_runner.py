@@ -210,11 +210,11 @@ def test_process_package_holds_only_lava_classes() -> None:
     import augury.lava.procs as procs
 
     pkg = Path(procs.__file__).parent
-    assert sorted(p.name for p in pkg.glob("*.py")) == ["__init__.py", "models.py",
+    assert sorted(p.name for p in pkg.glob("*.py")) == ["__init__.py", "fixed.py", "models.py",
                                                           "process.py"]
-    from augury.lava.procs import models, process
+    from augury.lava.procs import fixed, models, process
 
-    for mod in (models, process):
+    for mod in (models, process, fixed):
         own = [c for _, c in inspect.getmembers(mod, inspect.isclass)
                if c.__module__ == mod.__name__]
         assert own and all(issubclass(c, (AbstractProcess, PyLoihiProcessModel)) for c in own)
