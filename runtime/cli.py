@@ -311,19 +311,18 @@ def _overrides(**opts: object) -> dict[str, object]:
               "wait_sender_s).")
 @click.option("--print-config", is_flag=True, help="Print the effective config and exit.")
 @click.option("--backend", type=click.Choice(["numba", "lava"]), default="numba",
-              show_default=True, help="Engine; lava needs the 'lava' extra (Python 3.10).")
+              show_default=True, help="Engine; lava runs layer 1 in Lava through a Python "
+              "3.10 sidecar with the 'lava' extra; learning with it is slow (docs/lava.md).")
+@click.option("--lava-python", type=click.Path(dir_okay=False), default=None,
+              help="--backend lava: the Python 3.10 interpreter with the 'lava' extra that "
+              "runs the sidecar [this interpreter, if it has lava-nc].")
 def run(uri: str | None, config_path: Path | None, publish: str | None, control: str | None,
         pace: str | None, speed: float | None, batch_us: int | None, rate_ms: float | None,
         state_dir: str | None, sets: tuple[str, ...], max_batches: int | None,
         wait_subscriber_s: float, wait_sender_s: float | None, print_config: bool,
-        backend: str) -> None:
+        backend: str, lava_python: str | None) -> None:
     """Run the daemon on URI (default: the synthetic scene), publishing over ZeroMQ."""
     import logging
-
-    if backend == "lava":
-        from augury.lava import serve_unavailable
-
-        raise click.ClickException(serve_unavailable())
 
     from augury.config import ConfigError, config_to_toml, load_config, parse_override
     from augury.daemon import build_daemon, stop_on_signals
@@ -344,9 +343,13 @@ def run(uri: str | None, config_path: Path | None, publish: str | None, control:
         return
     logging.basicConfig(level=cfg.log.level, format="%(asctime)s %(name)s %(levelname)s "
                         "%(message)s")
+    from augury.lava.sidecar_client import SidecarError
+
     try:
-        daemon = build_daemon(cfg, wait_subscriber_s=wait_subscriber_s)
-    except (FileNotFoundError, EventFormatError, ValueError, ImportError, OSError) as exc:
+        daemon = build_daemon(cfg, wait_subscriber_s=wait_subscriber_s, backend=backend,
+                              lava_python=lava_python)
+    except (FileNotFoundError, EventFormatError, ValueError, ImportError, OSError,
+            SidecarError) as exc:
         raise click.ClickException(str(exc)) from exc
     log = logging.getLogger("augury")
     p = daemon.pipeline
@@ -357,6 +360,8 @@ def run(uri: str | None, config_path: Path | None, publish: str | None, control:
     try:
         with stop_on_signals(p.stop_event):
             metrics = p.run(max_batches=max_batches)
+    except SidecarError as exc:
+        raise click.ClickException(f"--backend lava: {exc}") from exc
     finally:
         daemon.close()
     summary = {k: v for k, v in p.status().items() if k != "geometry"}

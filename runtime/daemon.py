@@ -9,7 +9,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -82,27 +82,63 @@ def warm_up(spec: ModelSpec) -> None:
                                         np.array([1])), 1, 2, 1))
 
 
+LAVA_SPEC = {"layers": 1, "clocked_input": True, "settle": 0.0}
+"""The [model] settings ``--backend lava`` needs; used unless [model] sets them (then the
+backend refuses a conflicting value with a message naming it)."""
+
+
 @dataclass
 class Daemon:
-    """Everything ``augury run`` owns; ``close()`` releases sockets and the source."""
+    """Everything ``augury run`` owns; ``close()`` releases sockets, the source and the Lava
+    sidecar (``lava``, a SidecarClient, with ``--backend lava``)."""
 
     pipeline: Pipeline
     source: EventSource
     publisher: Publisher
     control: ControlServer | None
     resumed_from: Path | None
+    lava: Any = None
 
     def close(self) -> None:
-        if self.control is not None:
-            self.control.close()
-        self.publisher.close(linger=0)
-        self.source.close()
+        try:
+            if self.control is not None:
+                self.control.close()
+            self.publisher.close(linger=0)
+            self.source.close()
+        finally:
+            if self.lava is not None:
+                self.lava.close()
 
 
-def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0) -> Daemon:
+def _start_lava(lava_python: str | None) -> Any:
+    """Start the Lava sidecar (``augury lava-serve``) with subprocess, before any thread of
+    the daemon exists; returns its SidecarClient (which watches the process)."""
+    from augury.lava.sidecar_client import SidecarClient, start_sidecar
+    from augury.lava.sidecar_client import lava_python as find_python
+
+    python = find_python(lava_python)
+    proc, endpoint = start_sidecar(python)
+    log.info("Lava sidecar pid %d (%s) on %s", proc.pid, python, endpoint)
+    return SidecarClient(endpoint, timeout_s=120.0, proc=proc)
+
+
+def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0, backend: str = "numba",
+                 lava_python: str | None = None) -> Daemon:
     """Open the source, build or resume the network, bind sockets. Raises on any error
-    (ValueError / OSError / EventFormatError), leaving nothing open."""
-    source = open_source(cfg.source.uri)
+    (ValueError / OSError / EventFormatError / SidecarError), leaving nothing open.
+
+    ``backend = "lava"`` first starts the Lava sidecar with ``lava_python`` (default: this
+    interpreter if it has lava-nc) and serves layer 1 through it (augury.lava.backend).
+    """
+    if backend not in ("numba", "lava"):
+        raise ValueError(f"backend must be numba or lava, got {backend!r}")
+    lava = _start_lava(lava_python) if backend == "lava" else None
+    try:
+        source = open_source(cfg.source.uri)
+    except BaseException:
+        if lava is not None:
+            lava.close()
+        raise
     publisher: Publisher | None = None
     control: ControlServer | None = None
     try:
@@ -114,10 +150,23 @@ def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0) -> Daemon:
                                             cfg.checkpoint.keep, background=True)
             saved = saved_spec(checkpoints)
         spec = model_spec(cfg, source, saved)
+        if lava is not None:
+            spec = replace(spec, **{k: v for k, v in LAVA_SPEC.items() if k not in cfg.model})
         warm_up(spec)
         network = Network(spec)
         if checkpoints is not None:
             resumed = restore_network(network, checkpoints)
+        if lava is not None:
+            from augury.lava.backend import LavaNetwork
+
+            network = LavaNetwork.from_network(network, lava)
+            if network.learning:
+                n = network.write_elements
+                log.warning("--backend lava with learning on: every learning epoch (%d µs) "
+                            "writes about %d values into Lava through Var.set (≈ 15 µs each, "
+                            "≈ %.2f s): slow; serve a checkpoint trained with --backend numba "
+                            "with learning off (control: pause_learning) for speed",
+                            network.spec.learn_us, n, n * 15e-6)
         publisher = Publisher(cfg.publish.endpoint, hwm=cfg.publish.hwm,
                               isolate_slow_subscribers=cfg.publish.isolate_slow_subscribers)
         if cfg.control.endpoint.lower() != "none":
@@ -148,8 +197,10 @@ def build_daemon(cfg: Config, *, wait_subscriber_s: float = 0.0) -> Daemon:
         if publisher is not None:
             publisher.close(linger=0)
         source.close()
+        if lava is not None:
+            lava.close()
         raise
-    return Daemon(pipeline, source, publisher, control, resumed)
+    return Daemon(pipeline, source, publisher, control, resumed, lava)
 
 
 @contextmanager

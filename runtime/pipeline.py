@@ -310,6 +310,7 @@ class Pipeline:
         by_source = getattr(self.source, "source_stats", None)
         return {
             "source": self.source.uri, "format": self.source.format,
+            "engine": getattr(self.network, "engine", "numba"),
             "geometry": [self.source.geometry.width, self.source.geometry.height],
             "t_us": self.network.t_us, "learning": self.network.learning,
             "batches": m.batches, "events_in": m.events_in,

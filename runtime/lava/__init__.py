@@ -43,17 +43,3 @@ def require_lava() -> None:
                         "0.10 sets 'fork' itself when imported and fails otherwise: import "
                         "augury.lava's runner before anything calls set_start_method")
     import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401
-
-
-def serve_unavailable() -> str:
-    """Why ``augury run --backend lava`` cannot run here (without importing Lava).
-
-    Today there is always a reason: without lava-nc, the extra to install; with it, the
-    daemon side of the sidecar is not written yet (docs/lava.md).
-    """
-    if importlib.util.find_spec("lava.magma") is None:
-        return (f"--backend lava: lava-nc is not installed for {sys.executable}; "
-                f"{INSTALL_HINT}")
-    return ("--backend lava: not implemented yet. Layer 1 runs in Lava from Python "
-            "(augury.lava.layer1.LavaLayer1) and behind the first-cut sidecar `augury "
-            "lava-serve`, but the daemon does not start it yet (see docs/lava.md)")

@@ -43,12 +43,17 @@ class LavaLayer1:
         connections: "dense" (Lava's Dense, block-diagonal matrices of (n1·D1)·(n1·K1)
             entries), "sparse" (Lava's Sparse, only the n1·D1·K1 block entries) or "auto"
             (sparse above ``DENSE_MAX_COLUMNS`` columns).
+        extract: read the state back through two Lava ``Extractor`` s (the units' state
+            after every step, drained after each chunk, the last one kept) instead of
+            ``Var.get``, which Lava 0.10 moves element by element (≈ 15 µs each). Float
+            processes only (ignored with arithmetic="loihi").
     """
 
     DENSE_MAX_COLUMNS = 16
 
     def __init__(self, spec: ModelSpec, state: State, *, chunk_ticks: int = 50,
-                 poll_s: float = 0.05, connections: str = "auto") -> None:
+                 poll_s: float = 0.05, connections: str = "auto",
+                 extract: bool = True) -> None:
         require_lava()
         if connections not in ("auto", "dense", "sparse"):
             raise ValueError(f"connections must be auto, dense or sparse, got {connections!r}")
@@ -67,6 +72,8 @@ class LavaLayer1:
         self._procs: dict[str, Any] = {}
         self._runner: Any = None
         self._held = np.zeros(0, EVENT_DTYPE)  # events of ticks not run yet (``feed``)
+        self.extract = bool(extract) and self.loihi is None  # float processes only
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # extracted after a chunk
 
     # -- time -------------------------------------------------------------------------------
     @property
@@ -135,6 +142,14 @@ class LavaLayer1:
 
         self._runner.run(k * spt, feed=feed)
         self.ticks_run += k
+        if self.extract:  # drain every step's message (the buffers hold one chunk)
+            last = []
+            for name in ("ext_err", "ext_bel"):
+                ext = self._procs[name]
+                for _ in range(k * spt - 1):
+                    ext.receive()
+                last.append(ext.receive())
+            self._last = (last[0], last[1])
 
     def _build(self) -> None:
         from lava.magma.core.run_configs import Loihi2SimCfg
@@ -169,9 +184,23 @@ class LavaLayer1:
                                                     receive_not_empty=ReceiveNotEmpty.FIFO))
         inj.out_port.connect(err.cnt_in)
         self._procs = {"err": err, "bel": bel, "w_up": w_up, "w_down": w_down, "inj": inj}
+        exceptions: dict[Any, Any] = {Injector: PyLoihiInjectorModel}
+        if self.extract:
+            from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
+
+            for name, port in (("ext_err", err.state_out), ("ext_bel", bel.state_out)):
+                ext = Extractor(shape=port.shape,
+                                buffer_size=self.chunk_ticks * p.steps_per_tick,
+                                channel_config=ChannelConfig(
+                                    send_full=SendFull.BLOCKING,
+                                    receive_empty=ReceiveEmpty.BLOCKING,
+                                    receive_not_empty=ReceiveNotEmpty.FIFO))
+                port.connect(ext.in_port)
+                self._procs[name] = ext
+            exceptions[Extractor] = PyLoihiExtractorModel
         tag = "floating_pt" if self.loihi is None else "fixed_pt"
-        cfg = Loihi2SimCfg(select_tag=tag,  # the Injector is untagged
-                           exception_proc_model_map={Injector: PyLoihiInjectorModel})
+        cfg = Loihi2SimCfg(select_tag=tag,  # the Injector/Extractor are untagged
+                           exception_proc_model_map=exceptions)
         self._runner = GuardedRunner(err, cfg, poll_s=self.poll_s)
 
     def _float_units(self) -> tuple[Any, Any, np.ndarray]:
@@ -215,6 +244,38 @@ class LavaLayer1:
                        (self._procs["w_up"].a_buff, np.zeros_like(p.u))):
             s(var, v)
         self._template = State(*[a.copy() for a in state])
+        self._last = None  # the extracted state is the old one: read Vars until a chunk runs
+
+    def write_learned(self, state: State) -> None:
+        """Write what a learning epoch on the host changed into the running network, between
+        chunks: W1 (both connections), π1, the thresholds θ_e g √π, the curvatures h (and
+        those of waking columns), and the refreshed x̂ = W μ̂, u = Wᵀ ε̂. ``state`` is the
+        host's State at the tick just run, after ``kernels._tick_clocked`` learned on it.
+
+        Every value goes through ``Var.set``, which Lava 0.10 moves element by element
+        (≈ 15 µs each): the weights dominate (2 · n1·D1·K1 entries with Sparse, the whole
+        block-diagonal matrices with Dense).
+        """
+        if self._runner is None or self.loihi is not None:
+            raise LavaError("LavaLayer1.write_learned: float processes only, after a chunk")
+        p = layer1_params(self.spec, state)
+        if p.t_first_us != self.t_next_us:
+            raise LavaError(f"LavaLayer1.write_learned: the State ends at "
+                            f"{p.t_first_us - self.spec.tick_us} µs, the Lava network at "
+                            f"{self.t_next_us - self.spec.tick_us} µs")
+        w_down = block_diag(p.w_blocks, sparse=self.sparse)
+        w_up = w_down.T.tocsr() if self.sparse else np.ascontiguousarray(w_down.T)
+        e, b = self._procs["err"], self._procs["bel"]
+        for var, v in ((e.pi, p.pi), (e.thr, p.thr), (e.xhat, p.xhat), (b.u, p.u),
+                       (b.h, p.h), (b.h_wake, p.h_wake),
+                       (self._procs["w_down"].weights, w_down),
+                       (self._procs["w_up"].weights, w_up),
+                       (self._procs["w_down"].a_buff, np.zeros_like(p.z)),
+                       (self._procs["w_up"].a_buff, np.zeros_like(p.u))):
+            self._runner.set(var, v)
+        self.params = p._replace(t_first_us=self.params.t_first_us)  # t_next_us counts from it
+        self._template = State(*[a.copy() for a in state])
+        self._last = None  # the extracted state predates the write
 
     # -- reading ----------------------------------------------------------------------------
     def state(self) -> State:
@@ -222,19 +283,51 @@ class LavaLayer1:
         this was built from)."""
         if self._runner is None:
             return State(*[a.copy() for a in self._template])
-        g = self._runner.get
-        e, b = self._procs["err"], self._procs["bel"]
         if self.loihi is not None:
             from augury.lava.integer import to_numba_state
 
             return to_numba_state(self.spec, self._template, self.loihi, self.qstate(),
-                                  g(b.woke), self.params.h, self.params.h_wake,
-                                  self.t_next_us - self.spec.tick_us)
-        xhat = g(e.xhat) + g(self._procs["w_down"].a_buff)  # the last relaxation's spikes
-        return to_state(self.spec, self._template, z=g(e.z), xhat=xhat, eps=g(e.eps),
-                        active=g(e.active), pending=g(e.pending), u=g(b.u), mu=g(b.mu),
-                        mus=g(b.mus), h=g(b.h), h_wake=g(b.h_wake),
+                                  self._runner.get(self._procs["bel"].woke), self.params.h,
+                                  self.params.h_wake, self.t_next_us - self.spec.tick_us)
+        return to_state(self.spec, self._template, **self.inference_arrays(),
                         t_now_us=self.t_next_us - self.spec.tick_us)
+
+    def inference_arrays(self) -> dict[str, np.ndarray]:
+        """Layer 1's inference variables at the end of the last tick run, flat float64:
+        z, xhat (with the increments still in the Dense buffer), eps (n1·D1,); active,
+        pending (n1,); u, mu, mus, h, h_wake (n1·K1,): the keyword arguments
+        of ``convert.to_state`` (before the first chunk: the values it was built with).
+        Float processes only (arithmetic="loihi" reads back with ``qstate``)."""
+        if self.loihi is not None:
+            raise LavaError("LavaLayer1.inference_arrays: float processes only; "
+                            "arithmetic='loihi' reads back with qstate()")
+        if self._runner is None:
+            p = self.params
+            return {"z": p.z, "xhat": p.xhat, "eps": p.eps, "active": p.active,
+                    "pending": np.zeros_like(p.active), "u": p.u, "mu": p.mu, "mus": p.mus,
+                    "h": p.h, "h_wake": p.h_wake}
+        if self._last is not None:
+            return self._unpack(*self._last)
+        g = self._runner.get
+        e, b = self._procs["err"], self._procs["bel"]
+        out = {"z": g(e.z), "xhat": g(e.xhat) + g(self._procs["w_down"].a_buff),
+               "eps": g(e.eps), "active": g(e.active), "pending": g(e.pending), "u": g(b.u),
+               "mu": g(b.mu), "mus": g(b.mus), "h": g(b.h), "h_wake": g(b.h_wake)}
+        return {k: np.array(v, np.float64).ravel() for k, v in out.items()}
+
+    def _unpack(self, err: np.ndarray, bel: np.ndarray) -> dict[str, np.ndarray]:
+        """``inference_arrays`` from the last step's extracted messages: [z, x̂, ε̂, active,
+        pending] and [u, μ, μ̂, h, Δμ̂]; x̂ gets W Δμ̂ of the last relaxation (what Lava's
+        Dense still holds), computed here per column block."""
+        n, c, m = self.params.z.shape[0], self.spec.n1, self.params.u.shape[0]
+        err = np.asarray(err, np.float64)
+        bel = np.asarray(bel, np.float64)
+        dmu = bel[4 * m:5 * m].reshape(c, -1)
+        xhat = err[n:2 * n] + np.einsum("cdk,ck->cd", self.params.w_blocks, dmu).ravel()
+        return {"z": err[:n].copy(), "xhat": xhat, "eps": err[2 * n:3 * n].copy(),
+                "active": err[3 * n:3 * n + c].copy(), "pending": err[3 * n + c:].copy(),
+                "u": bel[:m].copy(), "mu": bel[m:2 * m].copy(), "mus": bel[2 * m:3 * m].copy(),
+                "h": bel[3 * m:4 * m].copy(), "h_wake": self.params.h_wake.copy()}
 
     def qstate(self) -> Any:
         """arithmetic="loihi": the integer layer-1 state (``loihi_int.QState``) at the end
@@ -257,6 +350,11 @@ class LavaLayer1:
             from augury.model.loihi_int import MU_FRAC, from_q
 
             return from_q(self.qstate().mu, MU_FRAC)
+        if self._last is not None:
+            a = self._unpack(*self._last)
+            mu = a["mu"].reshape(self.spec.n1, -1)
+            mu[a["pending"] > 0] = 0.0
+            return mu
         g = self._runner.get
         mu = np.asarray(g(self._procs["bel"].mu), np.float64).reshape(self.spec.n1, -1).copy()
         mu[np.asarray(g(self._procs["err"].pending)) > 0] = 0.0

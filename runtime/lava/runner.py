@@ -162,6 +162,10 @@ class GuardedRunner:
         ports = list(rt.service_to_runtime)
         actors = self._actors()
         watch = [a._pconn for a in actors] + [a.sentinel for a in actors]
+        # the replies cannot be waited on (shared-memory channels): poll them, first every
+        # 0.25 ms and then less often up to poll_s, so that a short chunk is not stretched
+        # to poll_s while a failure is still seen within poll_s
+        pause = min(self.poll_s, 0.00025)
         while True:
             bad = self._failures(actors)
             if bad:
@@ -170,7 +174,8 @@ class GuardedRunner:
                 raise LavaProcessError(bad)
             if all(p.probe() for p in ports):
                 break
-            mp_wait(watch, timeout=self.poll_s)
+            mp_wait(watch, timeout=pause)
+            pause = min(self.poll_s, pause * 2)
         rt.wait()
 
     def _failures(self, actors: list[Any]) -> str:

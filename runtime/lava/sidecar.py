@@ -11,14 +11,19 @@ multipart ``[header JSON, payload frames…]`` (schema ``lava-sidecar/0``):
 * ``{"cmd": "load", "chunk_ticks": n}`` + a checkpoint (.npz bytes, ``save_npz``)
   → ``{"ok", "t_next_us"}``;
 * ``{"cmd": "feed", "seq", "t_end_us"}`` + events (EVENT_DTYPE bytes)
-  → ``{"ok", "seq", "ticks", "t_next_us", "shape"}`` + μ (float64 bytes, (n1, K1));
+  → ``{"ok", "seq", "ticks", "t_next_us", "shape", "shm"}`` + μ (float64 bytes, (n1, K1));
+  with ``"reply": "layer1"`` → ``{"ok", "seq", "ticks", "t_next_us", "arrays": [names],
+  "shm"}`` + one float64 frame per name (``LavaLayer1.inference_arrays``; none if no tick
+  ran); ``shm``: the names of the Lava run's shared-memory segments in /dev/shm, which the
+  client removes if the sidecar dies (nothing else could);
+* ``{"cmd": "learned"}`` + the host's State after a learning epoch (.npz bytes) → ``{"ok"}``
+  (``LavaLayer1.write_learned``);
 * ``{"cmd": "state"}`` → ``{"ok"}`` + the State as a checkpoint (.npz bytes);
 * ``{"cmd": "close"}`` → ``{"ok"}``, then the sidecar exits.
 
 A failed request is answered ``{"ok": false, "error": message}`` (a Lava model's traceback
 included); the sidecar keeps serving, except after a Lava failure, which closes the network
-(``load`` starts a new one). Not done yet: the daemon side (``augury run --backend lava``),
-the published read-out topics, and streaming through Lava's Injector/Extractor.
+(``load`` starts a new one). The daemon side is ``augury.lava.backend.LavaNetwork``.
 """
 
 from __future__ import annotations
@@ -66,12 +71,27 @@ def _handle(layer: Any, header: dict[str, Any], frames: list[bytes]) -> tuple[An
             raise ValueError("feed needs one payload frame of EVENT_DTYPE records")
         ev = np.frombuffer(frames[0], EVENT_DTYPE)
         ticks = layer.feed(ev, int(header["t_end_us"]))
+        # the Lava run's shared-memory segments: the client removes them if we die
+        shm = layer.runner.shm_names if layer.runner is not None else []
+        if header.get("reply") == "layer1":  # every inference variable, for the host engine
+            arrays = layer.inference_arrays() if ticks else {}
+            return layer, [{"ok": True, "seq": header.get("seq"), "ticks": ticks,
+                            "t_next_us": layer.t_next_us, "arrays": list(arrays),
+                            "shm": shm},
+                           *(np.ascontiguousarray(a, np.float64) for a in arrays.values())]
         mu = np.ascontiguousarray(layer.beliefs())
         return layer, [{"ok": True, "seq": header.get("seq"), "ticks": ticks,
-                        "t_next_us": layer.t_next_us, "shape": list(mu.shape)}, mu]
+                        "t_next_us": layer.t_next_us, "shape": list(mu.shape), "shm": shm},
+                       mu]
+    if cmd == "learned":  # a learning epoch on the host: new W1, π1, thresholds, h, x̂, u
+        if len(frames) != 1:
+            raise ValueError("learned needs one payload frame (the checkpoint)")
+        _, st = load_npz(io.BytesIO(frames[0]))
+        layer.write_learned(st)
+        return layer, [{"ok": True}]
     if cmd == "state":
         return layer, [{"ok": True}, _checkpoint_bytes(layer.spec, layer.state())]
-    raise ValueError(f"unknown command {cmd!r} (load, feed, state, close)")
+    raise ValueError(f"unknown command {cmd!r} (load, feed, learned, state, close)")
 
 
 def serve(bind: str, *, idle_poll_ms: int = 500) -> int:
@@ -86,7 +106,10 @@ def serve(bind: str, *, idle_poll_ms: int = 500) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(bind)
     print(json.dumps({"endpoint": sock.getsockopt_string(zmq.LAST_ENDPOINT),
-                      "schema": SCHEMA}), flush=True)
+                      "schema": SCHEMA, "pid": os.getpid()}), flush=True)
+    # nobody reads our stdout after this line: anything Lava prints goes to stderr instead,
+    # so that a full pipe can never block the sidecar
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     layer = None
     try:
         while True:

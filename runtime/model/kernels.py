@@ -1178,11 +1178,20 @@ def _silence(st: State, sc: Scratch, p: Params, j: int) -> None:
 
 @_kernel
 def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
-    """Clocked sweep at absolute time tt (a multiple of tick_us) over active columns.
+    """Clocked sweep at absolute time tt (a multiple of tick_us) over active columns: the
+    layers' inference (``_tick_layers``), then the clocked work (``_tick_clocked``)."""
+    _tick_layers(st, sc, p, tt)
+    _tick_clocked(st, sc, p, tt, learn)
+
+
+@_kernel
+def _tick_layers(st: State, sc: Scratch, p: Params, tt: int) -> None:
+    """The inference part of the tick at tt µs.
 
     Error units are polled (decay, sigma-delta sweep) in columns that got input since the
     last tick or are still relaxing (``busy1``), and in every active column at learning
-    epochs and horizon ticks; a quiet column's traces decay lazily in between.
+    epochs and horizon ticks; a quiet column's traces decay lazily in between. Then the
+    belief units relax.
     """
     st.counters[C_TICKS] += 1
     n1 = st.active.shape[0]
@@ -1202,6 +1211,14 @@ def _tick(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
                     if not st.busy1[j]:
                         break
                     _relax_column(st, sc, p, j, step)
+
+
+@_kernel
+def _tick_clocked(st: State, sc: Scratch, p: Params, tt: int, learn: bool) -> None:
+    """The clocked work of the tick at tt µs, after the layers' inference: learning and
+    homeostasis at learning epochs; temporal learning, forecast units, rate experts and
+    surprise baselines at horizon ticks; silencing of quiet columns at both. (The Lava
+    backend runs layer 1's inference in Lava and calls this on the host.)"""
     if learn and tt % p.learn_us == 0:
         _learn(st, sc, p)
         _refresh(st, sc, p)

@@ -57,8 +57,7 @@ def test_sidecar_serves_layer1_like_numba(trained: Network, rotdisk_crop: np.nda
     finally:
         client.close()
     assert proc.wait(timeout=20) == 0
-    proc.stdout.close()
-    proc.stderr.close()
+    proc.stderr_log.close()
 
 
 def test_sidecar_exits_when_its_parent_dies(tmp_path: Path) -> None:

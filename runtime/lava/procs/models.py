@@ -29,6 +29,7 @@ class PyErrorUnitsFloat(PyLoihiProcessModel):
     cnt_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     reset_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    state_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     z: np.ndarray = LavaPyType(np.ndarray, float)
     xhat: np.ndarray = LavaPyType(np.ndarray, float)
     eps: np.ndarray = LavaPyType(np.ndarray, float)
@@ -60,6 +61,9 @@ class PyErrorUnitsFloat(PyLoihiProcessModel):
                 self._mark_silent(step // spt)
         self.s_out.send(out)
         self.reset_out.send(rst)
+        if self.state_out.csp_ports:  # an Extractor reads the state back
+            self.state_out.send(np.concatenate([self.z, self.xhat, self.eps, self.active,
+                                                self.pending]))
 
     def _blocks(self, a: np.ndarray) -> np.ndarray:
         return a.reshape(self.active.shape[0], -1)
@@ -119,6 +123,7 @@ class PyBeliefUnitsFloat(PyLoihiProcessModel):
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     reset_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, float)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
+    state_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, float)
     u: np.ndarray = LavaPyType(np.ndarray, float)
     mu: np.ndarray = LavaPyType(np.ndarray, float)
     mus: np.ndarray = LavaPyType(np.ndarray, float)
@@ -148,3 +153,5 @@ class PyBeliefUnitsFloat(PyLoihiProcessModel):
             self.mus[fire] = new[fire]
             out[fire] = delta[fire]
         self.s_out.send(out)
+        if self.state_out.csp_ports:  # an Extractor reads the state back
+            self.state_out.send(np.concatenate([self.u, self.mu, self.mus, self.h, out]))

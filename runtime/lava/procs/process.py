@@ -26,7 +26,9 @@ class ErrorUnits(AbstractProcess):
     (n,)), ``cnt_in`` (input events per channel, read at phase 0 of each tick, shape (n,);
     every step delivers one message, the other phases' are ignored), ``s_out`` (graded
     error spikes Δε̂, shape (n,)), ``reset_out`` (1.0 for a column silenced at the end of
-    the previous tick, shape (n_cols,)).
+    the previous tick, shape (n_cols,)), ``state_out`` (every step: [z, x̂, ε̂, active,
+    pending] after the step, shape (3n + 2·n_cols,), for an Extractor; models send it only
+    when it is connected).
 
     Args (all arrays float64 of shape (n,) unless said): z, xhat, eps, pi, thr; ``active``,
     ``pending`` (n_cols,) column flags; ``decay`` = exp(−tick_us/τ); ``t_first_us`` the time
@@ -45,6 +47,7 @@ class ErrorUnits(AbstractProcess):
         self.cnt_in = InPort(shape=(n,))
         self.s_out = OutPort(shape=(n,))
         self.reset_out = OutPort(shape=(cols,))
+        self.state_out = OutPort(shape=(3 * n + 2 * cols,))
         self.z = Var(shape=(n,), init=z)
         self.xhat = Var(shape=(n,), init=xhat)
         self.eps = Var(shape=(n,), init=eps)
@@ -65,7 +68,9 @@ class BeliefUnits(AbstractProcess):
     belief μ̂, curvature h; ``h_wake`` is the curvature a column gets when it wakes after a
     silence. One relaxation step: μ ← max(0, μ + κ (u − π_prior μ − λ)/h), then a graded
     spike Δμ̂ = μ − μ̂ where |μ − μ̂| > θ_μ. Ports: ``a_in`` (u increments, shape (n,)),
-    ``reset_in`` (column silence flags, shape (n_cols,)), ``s_out`` (Δμ̂, shape (n,)).
+    ``reset_in`` (column silence flags, shape (n_cols,)), ``s_out`` (Δμ̂, shape (n,)),
+    ``state_out`` (every step: [u, μ, μ̂, h, the Δμ̂ just sent] after the step, shape (5n,),
+    for an Extractor; sent only when connected).
     """
 
     def __init__(self, *, u: np.ndarray, mu: np.ndarray, mus: np.ndarray, h: np.ndarray,
@@ -77,6 +82,7 @@ class BeliefUnits(AbstractProcess):
         self.a_in = InPort(shape=(n,))
         self.reset_in = InPort(shape=(n_cols,))
         self.s_out = OutPort(shape=(n,))
+        self.state_out = OutPort(shape=(5 * n,))
         self.u = Var(shape=(n,), init=u)
         self.mu = Var(shape=(n,), init=mu)
         self.mus = Var(shape=(n,), init=mus)
