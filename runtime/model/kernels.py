@@ -75,6 +75,9 @@ SH_FORGET = 0.999
 """Per-window forgetting of the shared linear forecaster's information (memory ≈ 10 s)."""
 SH_RIDGE = 1e-6
 """Ridge added to its information matrix in the solve (numerical safety only)."""
+SH_IRLS_AFTER = 8
+"""``shared_fit = "poisson"``: windows of least squares before the Poisson reweighting starts
+(a young fit's predictions are poor weights; measured on the sub-0.1 s clips)."""
 
 _solve = njit(_nrt=False, cache=True, nogil=True)(solve_into)
 
@@ -139,7 +142,7 @@ class Params(NamedTuple):
     mix_kmax: int  # silent windows the rate experts still process in one silence
     msh: bool  # the shared linear forecaster is an expert
     sh_forget: float  # its per-window forgetting factor (recursive least squares)
-    sh_c: float  # > 0: Poisson weights 1 / (z Δ/τ + sh_c) on its samples; 0: unweighted
+    sh_c: float  # > 0: Poisson weights 1 / (w·x + sh_c) after SH_IRLS_AFTER windows; 0: none
     plain_rate: float  # > 0: W1, W2 learn at this plain rate (Bayesian synapse off)
     w_soft: bool  # W1, W2: soft bounds (updates scaled by the distance to the bound)
     w_norm: float  # Euclidean norm every dictionary atom is scaled to after learning (0: off)
@@ -887,18 +890,25 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
     weights): Λ ← λ Λ + Σ ω x xᵀ, b ← λ b + Σ ω x n, w = Λ⁻¹ b, over a rotating quarter of
     the channels at each tick (thousands of samples for NF weights; a quarter of the cost) —
     those of silent columns have features (0, …, 0, 1) and n = 0, added in closed form.
-    ω = 1 (``shared_fit = "squares"``, the default), or ω = 1 / (x₀ + c), x₀ = z_c Δ/τ the
-    count the channel's own trace implies (``p.sh_c`` = c > 0, ``shared_fit = "poisson"``):
-    Poisson weights, the inverse of the count's variance (its mean, read from the channel's
-    own rate rather than from the fit), so that the forecaster is fitted by the likelihood it
-    is scored with. The weights depend on the features only, so the fit stays unbiased.
+    ω = 1 (``shared_fit = "squares"``, the default), or (``shared_fit = "poisson"``, ``p.sh_c``
+    = c > 0) least squares for the stream's first ``SH_IRLS_AFTER`` windows and then
+    ω = 1 / (max(0, w·x) + c), the Poisson (Fisher) weights at the current fit: one step of
+    iteratively reweighted least squares per window, so that the forecaster converges to the
+    Poisson maximum-likelihood fit, the likelihood it is scored with. Each window's weights
+    are scaled to mean 1 over its samples, so that a window adds as many samples' worth as
+    under least squares and the forgetting λ keeps its meaning however the weights move.
     """
     sc.sxx[:, :, :] = 0.0
     sc.sxy[:, :] = 0.0
     _to_map(sc.cmap, p, st.nlast, sc.zero1)
     quiet0 = 0.0
     quiet1 = 0.0
+    sw0 = 0.0  # Σ ω over the active samples of each polarity, and their number
+    sw1 = 0.0
+    ns0 = 0.0
+    ns1 = 0.0
     k = st.mixage[0]
+    irls = p.sh_c > 0.0 and k >= SH_IRLS_AFTER
     for j in range(st.active.shape[0]):
         for d in range(p.d1):
             if ((j + d + k) & 3) != 0:  # a rotating quarter of the channels at each tick
@@ -912,7 +922,18 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
             pol = d % 2
             _features(st, sc, p, st.zprev, st.hprev, j, d)
             y = float(st.ncnt[j, d])
-            om = 1.0 if p.sh_c <= 0.0 else 1.0 / (sc.xs[0] + p.sh_c)  # x₀ = z_c Δ/τ ≥ 0
+            om = 1.0
+            if irls:
+                mu = 0.0
+                for a in range(NF):
+                    mu += st.Wsh[pol, a] * sc.xs[a]
+                om = 1.0 / (max(mu, 0.0) + p.sh_c)
+            if pol == 0:
+                sw0 += om
+                ns0 += 1.0
+            else:
+                sw1 += om
+                ns1 += 1.0
             for a in range(NF):  # upper triangle of x xᵀ (mirrored below), zeros skipped
                 xa = sc.xs[a]
                 if xa == 0.0:
@@ -922,8 +943,16 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
                 for b in range(a, NF):
                     sc.sxx[pol, a, b] += xw * sc.xs[b]
     for pol in range(2):
-        om = 1.0 if p.sh_c <= 0.0 else 1.0 / p.sh_c  # silent: x₀ = 0
-        sc.sxx[pol, NF - 1, NF - 1] += om * (quiet0 if pol == 0 else quiet1)
+        # silent columns: features (0, …, 0, 1), so w·x is the bias
+        om = 1.0 / (max(st.Wsh[pol, NF - 1], 0.0) + p.sh_c) if irls else 1.0
+        nq = quiet0 if pol == 0 else quiet1
+        sc.sxx[pol, NF - 1, NF - 1] += om * nq
+        if irls:  # the window's weights scaled to mean 1 over its samples
+            f = ((ns0 if pol == 0 else ns1) + nq) / ((sw0 if pol == 0 else sw1) + om * nq)
+            for a in range(NF):
+                sc.sxy[pol, a] *= f
+                for b in range(a, NF):
+                    sc.sxx[pol, a, b] *= f
         for a in range(NF):
             for b in range(a + 1, NF):
                 sc.sxx[pol, b, a] = sc.sxx[pol, a, b]

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from augury.model.kernels import SH_RIDGE, Params
+from augury.model.kernels import SH_IRLS_AFTER, SH_RIDGE, Params
 from augury.model.linsolve import solve_into
 from augury.model.state import (
     C_DOWN,
@@ -423,12 +423,16 @@ def features(st: State, p: Params, z: np.ndarray, h: np.ndarray, j: int, d: int)
 def learn_shared(st: State, p: Params) -> None:
     """Bayesian linear regression with forgetting of the shared forecaster's weights on
     (features of the previous tick, this window's count), a rotating quarter of the channels
-    (silent columns: features (0, …, 0, 1), count 0), each sample weighted 1 / (x₀ + c) when
-    ``p.sh_c`` = c > 0 (Poisson weights, the mean read from the own trace x₀ = z Δ/τ)."""
+    (silent columns: features (0, …, 0, 1), count 0). With ``p.sh_c`` = c > 0, after
+    ``SH_IRLS_AFTER`` windows each sample is weighted 1 / (max(0, w·x) + c) (Poisson weights
+    at the current fit) and the window's weights are scaled to mean 1."""
     sxx = np.zeros((2, NF, NF))
     sxy = np.zeros((2, NF))
     quiet = [0.0, 0.0]
+    sw = [0.0, 0.0]
+    ns = [0.0, 0.0]
     k = int(st.mixage[0])
+    irls = p.sh_c > 0.0 and k >= SH_IRLS_AFTER
     for j in range(st.active.shape[0]):
         for d in range(p.d1):
             if (j + d + k) % 4 != 0:  # a rotating quarter of the channels
@@ -438,7 +442,9 @@ def learn_shared(st: State, p: Params) -> None:
                 continue
             x = features(st, p, st.zprev, st.hprev, j, d)
             y = float(st.ncnt[j, d])
-            om = 1.0 if p.sh_c <= 0.0 else 1.0 / (x[0] + p.sh_c)  # Poisson weight, x₀ = z Δ/τ
+            om = 1.0 / (max(float(np.dot(st.Wsh[d % 2], x)), 0.0) + p.sh_c) if irls else 1.0
+            sw[d % 2] += om
+            ns[d % 2] += 1.0
             for a in range(NF):  # upper triangle, mirrored below
                 if x[a] == 0.0:
                     continue
@@ -448,8 +454,12 @@ def learn_shared(st: State, p: Params) -> None:
     work = np.zeros((NF, NF + 1))
     out = np.zeros(NF)
     for pol in range(2):
-        om = 1.0 if p.sh_c <= 0.0 else 1.0 / p.sh_c  # silent columns: x₀ = 0
+        om = 1.0 / (max(float(st.Wsh[pol, NF - 1]), 0.0) + p.sh_c) if irls else 1.0
         sxx[pol, NF - 1, NF - 1] += om * quiet[pol]
+        if irls:  # the window's weights scaled to mean 1 over its samples
+            f = (ns[pol] + quiet[pol]) / (sw[pol] + om * quiet[pol])
+            sxx[pol] *= f
+            sxy[pol] *= f
         for a in range(NF):
             for b in range(a + 1, NF):
                 sxx[pol, b, a] = sxx[pol, a, b]

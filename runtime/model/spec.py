@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SHARED_FITS = ("poisson", "squares")
-"""How the shared linear forecaster is fitted (``ModelSpec.shared_fit``): Poisson weights
-1 / (z Δ/τ + c) on its samples (the count's variance read from the channel's own trace), or
-plain least squares."""
+"""How the shared linear forecaster is fitted (``ModelSpec.shared_fit``): least squares, or
+its Poisson maximum-likelihood fit by iteratively reweighted least squares (weights
+1 / (w·x + c) after a least-squares start; docs/model.md §1)."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class ModelSpec:
     mix_memory_us: int = 2_000_000  # time constant of the experts' discounted log-evidence
     mix_share: float = 1.0  # weight of the sensor-wide evidence in each channel's mixture
     mix_shared: bool = True  # the shared linear forecaster is one of the rate experts
-    shared_fit: str = "squares"  # its fit: "squares" or "poisson" (weights 1/(zΔ/τ + c))
+    shared_fit: str = "squares"  # its fit: "squares", or "poisson" (reweighted, 1/(w·x + c))
     shared_floor: float = 0.3  # c: count floor of those weights (events per cell, window)
 
     def __post_init__(self) -> None:
