@@ -45,8 +45,9 @@ CONFIGS = {
     "small-pool": dict(pool=4, column=2, k1=5, tick_us=500, horizon_us=2_000),
     "homeostasis": dict(layers=2, homeo_rate=2.0, learn_us=2_000),
     "plain-rate": dict(layers=2, plain_rate=0.001),
-    "shared-poisson": dict(layers=1, shared_fit="poisson", tick_us=500, horizon_us=2_000),  # 20
-    # windows: least squares for SH_IRLS_AFTER of them, then the Poisson reweighting
+    "shared-poisson": dict(layers=1, tick_us=500, horizon_us=2_000),  # 20 windows: least
+    # squares for SH_IRLS_AFTER of them, then the Poisson reweighting (the default fit)
+    "shared-least-squares": dict(layers=1, shared_fit="squares", tick_us=500, horizon_us=2_000),
     "clocked-settle0": dict(layers=1, clocked_input=True, settle=0.0),  # the Lava backend's
     "hard-bounds-unit-atoms": dict(layers=2, k1=12, w_soft_bounds=False, w_norm=1.0),
     "hard-bounds-fixed-point": dict(layers=2, fixed_point=True, frac_bits=14, k1=4, k2=3,

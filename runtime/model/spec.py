@@ -85,7 +85,7 @@ class ModelSpec:
     mix_memory_us: int = 2_000_000  # time constant of the experts' discounted log-evidence
     mix_share: float = 1.0  # weight of the sensor-wide evidence in each channel's mixture
     mix_shared: bool = True  # the shared linear forecaster is one of the rate experts
-    shared_fit: str = "squares"  # its fit: "squares", or "poisson" (reweighted, 1/(w·x + c))
+    shared_fit: str = "poisson"  # its fit: "poisson" (reweighted, 1/(w·x + c)) or "squares"
     shared_floor: float = 0.3  # c: count floor of those weights (events per cell, window)
 
     def __post_init__(self) -> None:

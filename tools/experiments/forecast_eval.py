@@ -52,9 +52,9 @@ the model's plus its change vs the full model, seed 0): no hierarchy term in the
 unit and the shared forecaster (``forecast_hier=false``), a second belief layer
 (``layers=2``; the default is one), no lateral weights in the forecast unit
 (``forecast_lateral=false``), no averaging experts (``mix_taus_us=[]``), no shared linear
-forecaster (``mix_shared=false``), the shared forecaster fitted with Poisson weights instead
-of plain least squares (``shared_fit="poisson"``; docs/results.md says why it is not the
-default), and the forecast unit alone (both off: what was published before the mixture).
+forecaster (``mix_shared=false``), the shared forecaster fitted by plain least squares
+instead of its Poisson maximum-likelihood fit (``shared_fit="squares"``, the default before
+session 6), and the forecast unit alone (both off: what was published before the mixture).
 
 The real recordings are every one in ``../shared/data`` that is not reserved, plus 10
 N-MNIST training digits back to back; ``evt3_sample.raw`` (8.8 ms) is shorter than one
@@ -106,7 +106,7 @@ ABLATIONS = {
     "no lateral weights R in the forecast unit": {"forecast_lateral": False},
     "no averaging experts": {"mix_taus_us": []},
     "no shared linear forecaster": {"mix_shared": False},
-    "shared forecaster fitted with Poisson weights": {"shared_fit": "poisson"},
+    "shared forecaster fitted by least squares (before session 6)": {"shared_fit": "squares"},
     "forecast unit alone (the forecast published before)": {"mix_taus_us": [],
                                                              "mix_shared": False},
 }
