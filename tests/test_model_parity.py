@@ -107,3 +107,17 @@ def test_clocked_input_equals_snapped_events() -> None:
     for k in ("mu1", "z1", "xhat1", "eps1", "u1", "pi1", "W1"):
         np.testing.assert_array_equal(getattr(nets[0].state, k), getattr(nets[1].state, k),
                                       err_msg=k)
+
+
+def test_poisson_fit_on_a_single_column_sensor_stays_finite() -> None:
+    """One layer-1 column: at a window whose rotating quarter holds no channel of one polarity,
+    the Poisson reweighting has no samples to scale (regression: 0/0 made the shared
+    forecaster's weights NaN). Both engines agree and stay finite over 20 windows."""
+    ev = noise(8, 8, 40_000, 400.0, seed=4)
+    spec = ModelSpec(width=8, height=8, pool=2, column=4, layers=1, tick_us=500,
+                     horizon_us=2_000)
+    assert spec.n1 == 1
+    nets, outs = _run_both(spec, ev, 40_000)
+    assert all(np.isfinite(n.state.Wsh).all() and np.isfinite(n.state.Lsh).all() for n in nets)
+    assert nets[0].state.mixage[0] >= 16  # the reweighting ran (SH_IRLS_AFTER = 8)
+    _assert_same(nets, outs)

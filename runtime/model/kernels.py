@@ -890,7 +890,7 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
     weights): Λ ← λ Λ + Σ ω x xᵀ, b ← λ b + Σ ω x n, w = Λ⁻¹ b, over a rotating quarter of
     the channels at each tick (thousands of samples for NF weights; a quarter of the cost) —
     those of silent columns have features (0, …, 0, 1) and n = 0, added in closed form.
-    ω = 1 (``shared_fit = "squares"``, the default), or (``shared_fit = "poisson"``, ``p.sh_c``
+    ω = 1 (``shared_fit = "squares"``), or (``shared_fit = "poisson"``, the default, ``p.sh_c``
     = c > 0) least squares for the stream's first ``SH_IRLS_AFTER`` windows and then
     ω = 1 / (max(0, w·x) + c), the Poisson (Fisher) weights at the current fit: one step of
     iteratively reweighted least squares per window, so that the forecaster converges to the
@@ -947,8 +947,9 @@ def _learn_shared(st: State, sc: Scratch, p: Params) -> None:
         om = 1.0 / (max(st.Wsh[pol, NF - 1], 0.0) + p.sh_c) if irls else 1.0
         nq = quiet0 if pol == 0 else quiet1
         sc.sxx[pol, NF - 1, NF - 1] += om * nq
-        if irls:  # the window's weights scaled to mean 1 over its samples
-            f = ((ns0 if pol == 0 else ns1) + nq) / ((sw0 if pol == 0 else sw1) + om * nq)
+        tot = (sw0 if pol == 0 else sw1) + om * nq
+        if irls and tot > 0.0:  # the window's weights scaled to mean 1 over its samples
+            f = ((ns0 if pol == 0 else ns1) + nq) / tot  # (none this window: nothing to do)
             for a in range(NF):
                 sc.sxy[pol, a] *= f
                 for b in range(a, NF):

@@ -456,7 +456,7 @@ def learn_shared(st: State, p: Params) -> None:
     for pol in range(2):
         om = 1.0 / (max(float(st.Wsh[pol, NF - 1]), 0.0) + p.sh_c) if irls else 1.0
         sxx[pol, NF - 1, NF - 1] += om * quiet[pol]
-        if irls:  # the window's weights scaled to mean 1 over its samples
+        if irls and sw[pol] + om * quiet[pol] > 0.0:  # weights scaled to mean 1
             f = (ns[pol] + quiet[pol]) / (sw[pol] + om * quiet[pol])
             sxx[pol] *= f
             sxy[pol] *= f
