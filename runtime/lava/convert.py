@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from augury.model import kernels, loihi_int
-from augury.model.spec import ModelSpec
+from augury.model.spec import ModelSpec, lava_layer1_gaps
 from augury.model.state import K_NACTIVE, K_NEXT, K_STARTED, K_TNOW, State, init_scratch
 
 
@@ -51,16 +51,7 @@ class Layer1Params(NamedTuple):
 def check_spec(spec: ModelSpec) -> None:
     """Raise LavaSpecError naming the setting if ``spec`` is outside what the Lava backend
     implements: one layer, ``clocked_input = True``, ``settle = 0``, float arithmetic."""
-    bad = []
-    if spec.layers != 1:
-        bad.append(f"layers={spec.layers} (only 1)")
-    if not spec.clocked_input:
-        bad.append("clocked_input=False (needs True: events are counted per tick)")
-    if spec.settle != 0.0:
-        bad.append(f"settle={spec.settle} (needs 0: every active column relaxes every tick)")
-    if spec.fixed_point:
-        bad.append("fixed_point=True (not Loihi's arithmetic: use arithmetic='loihi', the "
-                   "integer twin that the fixed_pt models match)")
+    bad = lava_layer1_gaps(spec)
     if bad:
         raise LavaSpecError("the Lava backend does not support " + "; ".join(bad))
 

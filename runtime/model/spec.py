@@ -160,15 +160,7 @@ class ModelSpec:
                              f"{self.arithmetic!r}")
         if self.arithmetic != "loihi":
             return
-        bad = []
-        if self.layers != 1:
-            bad.append(f"layers={self.layers} (needs 1)")
-        if not self.clocked_input:
-            bad.append("clocked_input=False (needs True)")
-        if self.settle != 0.0:
-            bad.append(f"settle={self.settle} (needs 0)")
-        if self.fixed_point:
-            bad.append("fixed_point=True (the two are exclusive: loihi replaces it)")
+        bad = lava_layer1_gaps(self)
         if bad:
             raise ValueError("ModelSpec.arithmetic='loihi' (the integer twin of layer-1 "
                              "inference) needs " + "; ".join(bad))
@@ -290,3 +282,20 @@ def _check_float(spec: ModelSpec, name: str, lo: float, hi: float, *, lo_open: b
     if (v <= lo if lo_open else v < lo) or v > hi:
         bracket = "(" if lo_open else "["
         raise ValueError(f"ModelSpec.{name}={v} is outside {bracket}{lo}, {hi}]")
+
+
+def lava_layer1_gaps(spec: ModelSpec) -> list[str]:
+    """What in ``spec`` is outside layer-1 inference as the Lava backend (and its integer
+    twin) runs it: one layer, ``clocked_input``, ``settle = 0``, no ``fixed_point``; one
+    message per setting, naming it and what it needs (empty when all hold)."""
+    bad = []
+    if spec.layers != 1:
+        bad.append(f"layers={spec.layers} (needs 1)")
+    if not spec.clocked_input:
+        bad.append("clocked_input=False (needs True: events are counted per tick)")
+    if spec.settle != 0.0:
+        bad.append(f"settle={spec.settle} (needs 0: every active column relaxes every tick)")
+    if spec.fixed_point:
+        bad.append("fixed_point=True (not Loihi's arithmetic: arithmetic='loihi', the "
+                   "integer twin that the fixed_pt models match, replaces it)")
+    return bad
